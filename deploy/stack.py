@@ -1,0 +1,86 @@
+"""Bring the local stack up and down: Kafka broker, Ray Serve encoder, one Faust worker.
+
+Each component is skipped when the settings point at an existing one (``KAFKA_BOOTSTRAP``,
+``SCENEREC_ENCODER_URL``); ``QDRANT_URL`` switches the worker to a Qdrant server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from deploy.kafka_local import LocalKafka
+from deploy.worker import start_worker, stop_worker
+from scenerec.config import Settings
+from scenerec.kafka import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    bootstrap: str
+    encoder_url: str
+    worker_metrics_url: str
+    seconds: float
+
+
+def local_kafka(settings: Settings) -> LocalKafka:
+    return LocalKafka(
+        settings.kafka_home,
+        port=settings.kafka_port,
+        controller_port=settings.kafka_controller_port,
+        num_partitions=settings.partitions,
+    )
+
+
+def encoder_config(settings: Settings) -> "EncoderAppConfig":  # noqa: F821 - lazy import below
+    from serving.encoder_app import EncoderAppConfig
+
+    return EncoderAppConfig(
+        model_path=settings.encoder_model_path,
+        device=settings.encoder_device,
+        num_replicas=settings.encoder_replicas,
+        num_gpus=1.0 if settings.encoder_device.startswith("cuda") else 0.0,
+        max_batch_size=settings.encoder_max_batch_size,
+        torch_threads=settings.encoder_torch_threads,
+    )
+
+
+def up(settings: Settings, worker: bool = True) -> StackInfo:
+    started = time.monotonic()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    if settings.kafka_bootstrap is None:
+        log.info("starting the local Kafka broker on port %d", settings.kafka_port)
+        local_kafka(settings).start()
+    else:
+        log.info("using the Kafka at %s (KAFKA_BOOTSTRAP)", settings.kafka_bootstrap)
+    asyncio.run(ensure_topics(settings))
+    if settings.encoder_url is None:
+        from deploy.ray_serve import start_serve  # Ray is heavy: import only when needed
+
+        log.info("starting Ray Serve with the encoder on port %d", settings.serve_port)
+        start_serve(encoder_config(settings), http_port=settings.serve_port)
+    else:
+        log.info("using the encoder at %s", settings.encoder_url)
+    if worker:
+        start_worker(settings.var_dir, settings.worker_web_port)
+    return StackInfo(
+        bootstrap=settings.bootstrap,
+        encoder_url=settings.encoder_base_url,
+        worker_metrics_url=f"http://127.0.0.1:{settings.worker_web_port}/metrics",
+        seconds=time.monotonic() - started,
+    )
+
+
+def down(settings: Settings) -> None:
+    stop_worker(settings.var_dir)
+    if settings.encoder_url is None:
+        from deploy.ray_serve import stop_serve
+
+        stop_serve()
+    if settings.kafka_bootstrap is None:
+        local_kafka(settings).stop()
+    log.info("stack stopped")

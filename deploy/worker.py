@@ -1,0 +1,108 @@
+"""Start and stop a Faust worker process (``faust -A streams.app worker``) in the background."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class WorkerError(Exception):
+    """The worker did not start or stop as asked."""
+
+
+def _pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def is_ready(web_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/ready", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_worker(
+    var_dir: Path, web_port: int, env: dict[str, str] | None = None, timeout_s: float = 180.0,
+    name: str = "worker",
+) -> int:
+    """Launch a worker detached from this process; return its pid once it is ready."""
+    pid_file = var_dir / f"{name}.pid"
+    if (pid := _pid(pid_file)) is not None and is_ready(web_port):
+        log.info("worker already running (pid %d)", pid)
+        return pid
+    logs = var_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{name}.log"
+    cmd = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info",
+           "--web-port", str(web_port), "--web-host", "127.0.0.1"]
+    full_env = {**os.environ, **(env or {}), "SCENEREC_WORKER_WEB_PORT": str(web_port)}
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    pid_file.write_text(str(proc.pid))
+    log.info("worker starting (pid %d), log %s", proc.pid, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise WorkerError(f"worker exited with {proc.returncode}; last lines:\n{_tail(log_path)}")
+        if is_ready(web_port):
+            log.info("worker ready on http://127.0.0.1:%d (metrics at /metrics)", web_port)
+            return proc.pid
+        time.sleep(0.5)
+    raise WorkerError(f"worker not ready after {timeout_s:.0f}s; last lines:\n{_tail(log_path)}")
+
+
+def stop_worker(var_dir: Path, timeout_s: float = 30.0, name: str = "worker",
+                sig: signal.Signals = signal.SIGTERM) -> None:
+    """Stop the worker: SIGTERM (Faust shuts down cleanly), SIGKILL after ``timeout_s``."""
+    pid_file = var_dir / f"{name}.pid"
+    pid = _pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return
+    os.killpg(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _pid(pid_file) is not None:
+        time.sleep(0.2)
+        _reap(pid)
+    if _pid(pid_file) is not None:
+        log.warning("worker %d did not stop in %.0fs: killing it", pid, timeout_s)
+        os.killpg(pid, signal.SIGKILL)
+        _reap(pid)
+    pid_file.unlink(missing_ok=True)
+    log.info("worker stopped")
+
+
+def _reap(pid: int) -> None:
+    # The worker is our child when this process started it: collect it so it is not a zombie.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

@@ -1,0 +1,37 @@
+"""Small, pure vector helpers shared by the model code."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+Matrix = npt.NDArray[np.float32]
+
+_EPS = 1e-12
+
+
+def normalize(v: Vector) -> Vector:
+    """``v / ||v||``; a zero vector stays zero instead of becoming NaN."""
+    norm = float(np.linalg.norm(v))
+    if norm < _EPS:
+        return np.zeros_like(v, dtype=np.float32)
+    return (v / norm).astype(np.float32, copy=False)
+
+
+def normalize_rows(m: Matrix) -> Matrix:
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    norms[norms < _EPS] = 1.0
+    return (m / norms).astype(np.float32, copy=False)
+
+
+def move_toward(current: Vector | None, target: Vector, rate: float) -> Vector:
+    """One incremental step ``(1 - rate) * current + rate * target``, re-normalized.
+
+    ``current=None`` (nothing known yet) simply adopts the target: that is what makes a
+    user's first event enough to recommend from. ``rate`` may be negative (move away).
+    """
+    if current is None:
+        return normalize(target.astype(np.float32, copy=False))
+    rate = float(np.clip(rate, -1.0, 1.0))
+    return normalize(((1.0 - abs(rate)) * current + rate * target).astype(np.float32))

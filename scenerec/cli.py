@@ -1,0 +1,199 @@
+"""``scenerec``: run the local stack, feed it data, watch what it recommends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import orjson
+
+from scenerec.config import Settings, load_settings
+
+log = logging.getLogger("scenerec")
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from deploy.stack import up
+
+    info = up(_settings(), worker=not args.no_worker)
+    print(f"stack up in {info.seconds:.1f}s")
+    print(f"  kafka:   {info.bootstrap}")
+    print(f"  encoder: {info.encoder_url}")
+    if not args.no_worker:
+        print(f"  worker:  {info.worker_metrics_url}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from deploy.stack import down
+
+    down(_settings())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker in the foreground (what ``faust -A streams.app worker`` does)."""
+    argv = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", args.loglevel]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover - execv does not return
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from scenerec.datasets import DATASETS
+    from scenerec.kafka import ensure_topics
+    from scenerec.publish import publish_dataset
+
+    settings = _settings()
+    data = DATASETS[args.dataset](settings.data_dir)
+    asyncio.run(ensure_topics(settings))
+    stats = asyncio.run(
+        publish_dataset(
+            settings, data, rate=args.rate, limit=args.limit, profiles=not args.no_profiles
+        )
+    )
+    print(
+        f"published {stats.items} items, {stats.profiles} profiles, {stats.clicks} clicks "
+        f"in {stats.seconds:.1f}s"
+    )
+    return 0
+
+
+async def _tail(settings: Settings, user: str | None, count: int | None, begin: bool) -> int:
+    from scenerec.kafka import consumer
+
+    cons = consumer(
+        settings,
+        settings.topic("recommendations"),
+        auto_offset_reset="earliest" if begin else "latest",
+    )
+    await cons.start()
+    seen = 0
+    try:
+        async for rec in cons:
+            msg = orjson.loads(rec.value)
+            if user is not None and msg["user_id"] != user:
+                continue
+            feed = msg["scenes"]
+            line = "  ".join(
+                f"{scene}: {', '.join(r['item_id'] for r in items[:5])}"
+                for scene, items in feed.items()
+            )
+            print(f"user {msg['user_id']} after {msg['trigger_event_id']}: {line}")
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    finally:
+        await cons.stop()
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_tail(_settings(), args.user, args.count, args.from_beginning))
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deploy.stack import down, up
+    from scenerec.datasets import DATASETS
+    from scenerec.demo import run_demo
+
+    settings = _settings()
+    t0 = time.monotonic()
+    print("loading ml-100k and starting the stack (Kafka, Ray Serve, worker)...", flush=True)
+    data = DATASETS["ml-100k"](settings.data_dir)
+    info = up(settings)
+    print(f"stack up in {info.seconds:.1f}s; streaming at {args.rate:g} events/s", flush=True)
+    state = None
+    try:
+        state = asyncio.run(run_demo(settings, data, args.rate, args.events, args.seconds))
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+    finally:
+        if not args.keep_up:
+            down(settings)
+    if state is not None:
+        first = (
+            f"{state.first_rec_s + (state.started - t0):.1f}s after `demo` started"
+            if state.first_rec_s is not None
+            else "none"
+        )
+        print(
+            f"published {state.published} clicks, received {state.recs} recommendation "
+            f"messages; first recommendation: {first}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scenerec",
+        description="SceneRec: a real-time multi-scene recommender on Kafka, Faust, "
+        "Ray Serve and Qdrant. Configuration comes from SCENEREC_* environment variables, "
+        "KAFKA_BOOTSTRAP and QDRANT_URL (see README.md).",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("up", help="start the local stack: Kafka, Ray Serve encoder, one worker")
+    s.add_argument("--no-worker", action="store_true", help="start Kafka and the encoder only")
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("down", help="stop everything `up` started")
+    s.set_defaults(func=cmd_down)
+
+    s = sub.add_parser("worker", help="run one Faust worker in the foreground")
+    s.add_argument("--loglevel", default="info", help="worker log level (default info)")
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("load", help="publish a data set from ../shared/data to the input topics")
+    s.add_argument("dataset", choices=["ml-100k"], help="which data set")
+    s.add_argument("--rate", type=float, default=0.0, help="clicks per second (0 = max)")
+    s.add_argument("--limit", type=int, default=None, help="publish only the first N clicks")
+    s.add_argument("--no-profiles", action="store_true", help="do not publish user profiles")
+    s.set_defaults(func=cmd_load)
+
+    s = sub.add_parser("tail", help="print messages of the recommendations topic")
+    s.add_argument("--user", default=None, help="only this user")
+    s.add_argument("--count", type=int, default=None, help="stop after N messages")
+    s.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
+    s.set_defaults(func=cmd_tail)
+
+    s = sub.add_parser(
+        "demo", help="bring the stack up, stream ml-100k and show a live view (the main job)"
+    )
+    s.add_argument("--rate", type=float, default=200.0, help="clicks per second (default 200)")
+    s.add_argument("--events", type=int, default=None, help="stop after N clicks")
+    s.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
+    s.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except Exception as exc:  # noqa: BLE001 - the CLI's one place to turn errors into words
+        if args.verbose:
+            raise
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

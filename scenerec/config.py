@@ -1,0 +1,133 @@
+"""One frozen settings object per process, read once at the edge.
+
+Every knob comes from an environment variable with the ``SCENEREC_`` prefix, except the
+two that the wider ecosystem already names (``KAFKA_BOOTSTRAP``, ``QDRANT_URL`` and
+``QDRANT_API_KEY``). Library classes never read the environment: they take explicit
+arguments built from this object.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The project root (the folder holding pyproject.toml) when running from a checkout.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Scenes the ml-100k loader produces (see scenerec/datasets.py) plus common app scenes.
+DEFAULT_SCENES = (
+    "action",
+    "comedy",
+    "drama",
+    "family",
+    "scifi",
+    "thriller",
+    "ecommerce",
+    "social",
+    "news",
+    "video",
+    "music",
+)
+
+
+class Settings(BaseSettings):
+    """Configuration of every SceneRec process (worker, CLI, demo, tests)."""
+
+    model_config = SettingsConfigDict(env_prefix="SCENEREC_", frozen=True, extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    var_dir: Path = Field(default=PROJECT_ROOT / "var", description="data, logs, pid files")
+    data_dir: Path = Field(
+        default=PROJECT_ROOT.parent / "shared" / "data", description="real data sets"
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "SCENEREC_KAFKA_BOOTSTRAP"),
+        description="an existing Kafka; unset = the project's local broker",
+    )
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    partitions: int = Field(default=4, ge=1, le=256)
+    topic_prefix: str = ""
+
+    # --- vector store --------------------------------------------------------------------
+    qdrant_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("QDRANT_URL", "SCENEREC_QDRANT_URL")
+    )
+    qdrant_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "SCENEREC_QDRANT_API_KEY")
+    )
+
+    # --- encoder (Ray Serve) ---------------------------------------------------------------
+    encoder_url: str | None = Field(
+        default=None, description="a running encoder route; unset = the project's Ray Serve app"
+    )
+    serve_port: int = 18000
+    encoder_model_path: str | None = None
+    encoder_device: str = "cpu"
+    encoder_replicas: int = 1
+    encoder_max_batch_size: int = 64
+    encoder_torch_threads: int | None = None
+
+    # --- worker ----------------------------------------------------------------------------
+    worker_web_port: int = 16066
+    app_id: str = "scenerec"
+    scenes: tuple[str, ...] = DEFAULT_SCENES
+    top_k: int = Field(default=10, ge=1, le=1000)
+    max_text_chars: int = Field(default=4096, ge=1)
+    max_event_bytes: int = Field(default=65536, ge=256)
+    batch_max: int = Field(default=500, ge=1)
+    batch_within_s: float = Field(default=0.05, gt=0)
+    unknown_item_wait_s: float = Field(default=30.0, ge=0)
+    model_version: str = "scenerec-0.1-mean"
+
+    @field_validator("scenes", mode="before")
+    @classmethod
+    def _split_scenes(cls, value: object) -> object:
+        # Environment variables arrive as "a,b,c"; a JSON list is accepted too.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+    @field_validator("scenes")
+    @classmethod
+    def _check_scenes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("scenes: at least one scene is required")
+        if "global" in value:
+            raise ValueError("scenes: 'global' is reserved for the cross-scene feed")
+        return value
+
+    @cached_property
+    def kafka_home(self) -> Path:
+        return self.var_dir / "kafka"
+
+    @cached_property
+    def store_dir(self) -> Path:
+        return self.var_dir / "qdrant"
+
+    @property
+    def bootstrap(self) -> str:
+        """The Kafka bootstrap servers this process talks to."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def encoder_base_url(self) -> str:
+        return self.encoder_url or f"http://127.0.0.1:{self.serve_port}/encoder"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+def load_settings() -> Settings:
+    """Read the environment once; call this at the edge of a process only."""
+    return Settings()

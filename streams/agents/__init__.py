@@ -1,0 +1,59 @@
+"""One agent per input topic; each takes batches and hands them to the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import faust
+
+from streams.errors import BadEvent
+from streams.metrics import WorkerMetrics
+from streams.pipeline import Incoming, Pipeline
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Pipeline, Sequence[Incoming]], Awaitable[None]]
+
+#: Attempts for a batch that fails for a reason other than bad input (store, encoder).
+RETRIES = 3
+
+
+def incoming(event: faust.EventT) -> Incoming:
+    msg = event.message
+    value = event.value if isinstance(event.value, bytes) or event.value is None else msg.value
+    return Incoming(value=value, topic=msg.topic, partition=msg.partition, offset=msg.offset)
+
+
+async def consume(
+    stream: faust.StreamT,
+    topic: str,
+    handler: Handler,
+    get_pipeline: Callable[[], Awaitable[Pipeline]],
+    metrics: WorkerMetrics,
+    batch_max: int,
+    within_s: float,
+) -> None:
+    """Batches off ``stream`` into ``handler``; a batch is acked only once handled.
+
+    A batch that keeps failing (encoder or store down past its retries) is not dropped:
+    every message of it goes to the dead-letter topic with the error as reason.
+    """
+    async for events in stream.take_events(batch_max, within=within_s):
+        batch = [incoming(e) for e in events]
+        pipe = await get_pipeline()
+        started = time.perf_counter()
+        for attempt in range(1, RETRIES + 1):
+            try:
+                await handler(pipe, batch)
+                break
+            except Exception as exc:  # noqa: BLE001 - anything but bad input is retried
+                log.exception("batch of %d from %s failed (attempt %d)", len(batch), topic, attempt)
+                if attempt == RETRIES:
+                    for msg in batch:
+                        await pipe.dead_letter(msg, BadEvent("processing_error", repr(exc)))
+                else:
+                    await asyncio.sleep(0.5 * 2**attempt)
+        metrics.processing_seconds.labels(topic).observe(time.perf_counter() - started)

@@ -1,0 +1,24 @@
+"""Agent for `profiles`: batches of messages -> :meth:`Pipeline.on_profiles`."""
+
+from __future__ import annotations
+
+import faust
+
+from streams import runtime
+from streams.agents import consume
+from streams.app import app, metrics, settings, profiles_topic
+from streams.pipeline import Pipeline
+from streams.topics import PROFILES
+
+
+@app.agent(profiles_topic)
+async def process_profiles(stream: faust.StreamT) -> None:
+    await consume(
+        stream,
+        PROFILES.name,
+        Pipeline.on_profiles,
+        runtime.pipeline,
+        metrics,
+        settings.batch_max,
+        settings.batch_within_s,
+    )

@@ -1,0 +1,97 @@
+"""The Faust application: ``faust -A streams.app worker``.
+
+This module is the edge of the worker process: it reads the settings once, declares the
+app, its topics and its user-state table, and imports the agents so they register.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from scenerec.config import Settings, load_settings
+from streams import topics as t
+from streams.metrics import WorkerMetrics
+
+settings: Settings = load_settings()
+metrics = WorkerMetrics.create()
+
+
+def _credentials(s: Settings) -> Any:
+    """Kafka SASL/SSL from the settings; the password is read here and nowhere else."""
+    protocol = s.kafka_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    ctx = ssl.create_default_context() if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None
+        return SASLCredentials(
+            username=s.kafka_sasl_username,
+            password=password,
+            mechanism=s.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=ctx,
+        )
+    return SSLCredentials(ctx)
+
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.bootstrap}",
+    broker_credentials=_credentials(settings),
+    store="memory://",
+    topic_partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
+    consumer_auto_offset_reset="earliest",
+    web_host="127.0.0.1",
+    web_port=settings.worker_web_port,
+    web_in_thread=False,
+    producer_acks=-1,
+    autodiscover=False,
+)
+
+
+def topic(spec: t.TopicSpec) -> faust.TopicT:
+    return app.topic(
+        settings.topic(spec.name),
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        compacting=spec.compacted or None,
+    )
+
+
+clicks_topic = topic(t.CLICKS)
+comments_topic = topic(t.COMMENTS)
+social_topic = topic(t.SOCIAL)
+catalog_topic = topic(t.CATALOG)
+profiles_topic = topic(t.PROFILES)
+recommendations_topic = topic(t.RECOMMENDATIONS)
+dlq_topic = topic(t.DLQ)
+
+# Per-user state, backed by its changelog topic. ``use_partitioner``: agents work on
+# batches spanning partitions, so the changelog partition must follow the key (the same
+# murmur2 partitioner the producers use), not "the current event".
+users_table = app.Table(
+    "user-state",
+    key_type=bytes,
+    value_type=bytes,
+    partitions=settings.partitions,
+    use_partitioner=True,
+)
+
+
+@app.page("/metrics")
+class MetricsView(View):
+    async def get(self, request: Request) -> Response:
+        return self.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+
+# Registration side effects: the runtime service and one agent per input topic.
+from streams import runtime  # noqa: E402,F401
+from streams.agents import catalog, clicks, comments, profiles, social  # noqa: E402,F401

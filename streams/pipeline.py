@@ -1,0 +1,281 @@
+"""What the worker does with a batch of input messages, independent of Faust.
+
+The Faust agents (``streams/agents``) take batches from their topics and hand them here.
+Keeping the logic behind small interfaces (a mapping for user state, an :class:`Emitter`
+for output topics, a :class:`TextEncoder`) lets the same code run in the worker, in
+``agent.test_context()`` unit tests and in the in-process evaluation.
+
+Concurrency: several agents share one event loop and the user-state table. Every
+read-modify-write of a user's state happens without an ``await`` in between (encoder
+calls come first), so two agents never interleave on the same user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from embeddings.fusion import fuse_item, item_text
+from embeddings.kg import HashedEntityEmbedding
+from embeddings.ranking import ItemIndex, recommend, to_payload
+from embeddings.scenes import SceneGates
+from embeddings.user_model import UserState, click_weight
+from embeddings.vectors import Matrix
+from streams import state as state_codec
+from streams.errors import BadEvent
+from streams.metrics import WorkerMetrics
+from streams.records import (
+    CatalogItem,
+    ClickEvent,
+    CommentEvent,
+    DeadLetter,
+    SocialEvent,
+    UserProfile,
+    parse_event,
+)
+from vectorstore.base import ItemPoint, UserPoint, VectorStore
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message as it came off a topic."""
+
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+class TextEncoder(Protocol):
+    async def encode(self, texts: Sequence[str]) -> Matrix: ...
+
+
+class Emitter(Protocol):
+    async def recommendations(self, user_id: str, payload: dict[str, object]) -> None: ...
+    async def dead_letter(self, key: str | None, letter: DeadLetter) -> None: ...
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    scenes: tuple[str, ...]
+    top_k: int = 10
+    max_text_chars: int = 4096
+    max_event_bytes: int = 65536
+    unknown_item_wait_s: float = 30.0
+    model_version: str = "scenerec-0.1-mean"
+
+
+@dataclass
+class Pipeline:
+    config: PipelineConfig
+    store: VectorStore
+    index: ItemIndex
+    encoder: TextEncoder
+    states: MutableMapping[str, bytes]
+    emitter: Emitter
+    metrics: WorkerMetrics
+    gates: SceneGates = field(init=False)
+    kg: HashedEntityEmbedding = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gates = SceneGates(self.index.dim)
+        self.kg = HashedEntityEmbedding(self.index.dim)
+        self._scenes = frozenset(self.config.scenes)
+
+    # --- shared steps ----------------------------------------------------------------------
+    async def _parse(self, batch: Sequence[Incoming], record: type[R]) -> list[tuple[Incoming, R]]:
+        good: list[tuple[Incoming, R]] = []
+        for msg in batch:
+            try:
+                good.append((msg, self._parse_one(msg, record)))
+            except BadEvent as exc:
+                await self.dead_letter(msg, exc)
+        return good
+
+    def _parse_one(self, msg: Incoming, record: type[R]) -> R:
+        event = parse_event(
+            msg.value,
+            record,
+            max_bytes=self.config.max_event_bytes,
+            max_text_chars=self.config.max_text_chars,
+        )
+        for scene in _scenes_of(event):
+            if scene not in self._scenes:
+                raise BadEvent(
+                    "unknown_scene",
+                    f"scene {scene!r} is not declared (declared: {', '.join(self.config.scenes)};"
+                    " set SCENEREC_SCENES)",
+                )
+        return event
+
+    async def dead_letter(self, msg: Incoming, exc: BadEvent) -> None:
+        raw = msg.value or b""
+        try:
+            text: str | None = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        letter = DeadLetter(
+            original_b64=base64.b64encode(raw).decode("ascii"),
+            original_text=text,
+            error=str(exc),
+            reason=exc.reason,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            failed_at=time.time(),
+        )
+        log.warning(
+            "dead-letter %s[%d]@%d: %s (%s)", msg.topic, msg.partition, msg.offset, exc, exc.reason
+        )
+        self.metrics.events.labels(msg.topic, "dlq").inc()
+        self.metrics.dlq.labels(exc.reason).inc()
+        await self.emitter.dead_letter(None, letter)
+
+    async def _encode(self, texts: Sequence[str]) -> Matrix:
+        self.metrics.encoder_batch_size.observe(len(texts))
+        with self.metrics.encoder_seconds.time():
+            return await self.encoder.encode(texts)
+
+    def _load(self, user_id: str) -> UserState:
+        raw = self.states.get(user_id)
+        return UserState() if raw is None else state_codec.loads(raw)
+
+    async def _wait_for_items(self, item_ids: set[str]) -> None:
+        """Catalog and events race at start-up: give the catalog agent time to index."""
+        deadline = time.monotonic() + self.config.unknown_item_wait_s
+        while any(i not in self.index for i in item_ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+    async def _apply_per_user(
+        self,
+        topic: str,
+        events: Sequence[tuple[Incoming, R]],
+        user_of: Callable[[R], str],
+        apply: Callable[[UserState, R, int], Awaitable[None] | None],
+    ) -> None:
+        """Apply each event to its user's state (idempotent by event_id), then emit."""
+        changed: dict[str, tuple[UserState, str]] = {}
+        for i, (msg, event) in enumerate(events):
+            user_id = user_of(event)
+            state = changed[user_id][0] if user_id in changed else self._load(user_id)
+            event_id = getattr(event, "event_id", None) or f"{topic}:{msg.partition}:{msg.offset}"
+            if state.already_applied(event_id):
+                self.metrics.events.labels(topic, "duplicate").inc()
+                continue
+            try:
+                result = apply(state, event, i)
+                if result is not None:
+                    await result
+            except BadEvent as exc:
+                await self.dead_letter(msg, exc)
+                continue
+            state.mark_applied(event_id)
+            changed[user_id] = (state, event_id)
+            self.metrics.events.labels(topic, "ok").inc()
+        await self._commit_users(changed)
+
+    async def _commit_users(self, changed: dict[str, tuple[UserState, str]]) -> None:
+        if not changed:
+            return
+        for user_id, (state, _) in changed.items():
+            self.states[user_id] = state_codec.dumps(state)
+        self.store.upsert_users(
+            [UserPoint(uid, st.named_vectors()) for uid, (st, _) in changed.items()]
+        )
+        for user_id, (state, trigger) in changed.items():
+            recs = recommend(state, self.index, self.gates, self.config.top_k)
+            payload: dict[str, object] = {
+                "user_id": user_id,
+                "generated_at": time.time(),
+                "trigger_event_id": trigger,
+                "model_version": self.config.model_version,
+                "scenes": to_payload(recs),
+            }
+            await self.emitter.recommendations(user_id, payload)
+            self.metrics.recommendations.inc()
+
+    # --- one method per input topic ----------------------------------------------------------
+    async def on_clicks(self, batch: Sequence[Incoming]) -> None:
+        events = await self._parse(batch, ClickEvent)
+        await self._wait_for_items({e.item_id for _, e in events})
+
+        def apply(state: UserState, e: ClickEvent, _: int) -> None:
+            vec = self.index.vector(e.item_id)
+            if vec is None:
+                raise BadEvent("unknown_item", f"item {e.item_id!r} is not in the catalog")
+            state.apply_item(e.item_id, vec, e.scene, click_weight(e.dwell_ms))
+            self.index.count_click(e.item_id)
+
+        await self._apply_per_user("events.click", events, lambda e: e.user_id, apply)
+
+    async def on_comments(self, batch: Sequence[Incoming]) -> None:
+        events = await self._parse(batch, CommentEvent)
+        await self._wait_for_items({e.item_id for _, e in events})
+        texts = await self._encode([e.text for _, e in events]) if events else None
+
+        def apply(state: UserState, e: CommentEvent, i: int) -> None:
+            vec = self.index.vector(e.item_id)
+            if vec is None:
+                raise BadEvent("unknown_item", f"item {e.item_id!r} is not in the catalog")
+            assert texts is not None
+            state.apply_comment(e.item_id, vec, texts[i], e.scene)
+
+        await self._apply_per_user("events.comment", events, lambda e: e.user_id, apply)
+
+    async def on_social(self, batch: Sequence[Incoming]) -> None:
+        events = await self._parse(batch, SocialEvent)
+        targets = self.store.get_users(sorted({e.target_user_id for _, e in events}))
+
+        def apply(state: UserState, e: SocialEvent, _: int) -> None:
+            if e.target_user_id == e.user_id:
+                raise BadEvent("self_reference", "a user cannot follow or like themselves")
+            state.apply_social(e.kind, e.target_user_id, targets.get(e.target_user_id))
+
+        await self._apply_per_user("events.social", events, lambda e: e.user_id, apply)
+
+    async def on_profiles(self, batch: Sequence[Incoming]) -> None:
+        events = await self._parse(batch, UserProfile)
+        vecs = await self._encode([e.profile_text for _, e in events]) if events else None
+
+        def apply(state: UserState, e: UserProfile, i: int) -> None:
+            assert vecs is not None
+            state.apply_profile(vecs[i])
+
+        # A profile has no event_id: the message position identifies it.
+        await self._apply_per_user("users.profiles", events, lambda e: e.user_id, apply)
+
+    async def on_catalog(self, batch: Sequence[Incoming]) -> None:
+        events = await self._parse(batch, CatalogItem)
+        if not events:
+            return
+        texts = [item_text(e.title, e.description, e.scenes) for _, e in events]
+        text_vecs = await self._encode(texts)
+        points = []
+        for (_, e), text_vec in zip(events, text_vecs, strict=True):
+            kg_vec = self.kg.embed((r.relation, r.target) for r in e.relations)
+            vec = fuse_item(np.asarray(text_vec, dtype=np.float32), kg_vec)
+            known = e.item_id in self.index
+            pop = self.index.popularity(e.item_id) if known else 0.0
+            self.index.upsert(e.item_id, vec, e.scenes, e.title, pop)
+            points.append(ItemPoint(e.item_id, vec, tuple(e.scenes), e.title, pop))
+        self.store.upsert_items(points)
+        self.metrics.events.labels("catalog.items", "ok").inc(len(points))
+        self.metrics.items_indexed.set(len(self.index))
+
+
+def _scenes_of(event: BaseModel) -> list[str]:
+    if isinstance(event, CatalogItem):
+        return list(event.scenes)
+    scene = getattr(event, "scene", None)
+    return [scene] if isinstance(scene, str) else []

@@ -1,0 +1,167 @@
+"""The worker's long-lived resources, started and stopped with the Faust app.
+
+Agents wait for :func:`pipeline` until the service has opened the vector store, loaded
+the item index from it and reached the encoder; unit tests install a pipeline directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, MutableMapping
+
+import orjson
+from faust.web import Request, Response, View
+from mode import Service
+
+from embeddings.ranking import ItemIndex
+from serving.client import EncoderClient
+from streams import state as state_codec
+from streams.app import app, dlq_topic, metrics, recommendations_topic, settings, users_table
+from streams.pipeline import Pipeline, PipelineConfig
+from streams.records import DeadLetter
+from vectorstore import open_store
+from vectorstore.base import VectorStore
+
+log = logging.getLogger(__name__)
+
+_pipeline: Pipeline | None = None
+_ready = asyncio.Event()
+
+
+def install(pipe: Pipeline) -> None:
+    """Make ``pipe`` the one the agents use (the service does this; tests may too)."""
+    global _pipeline
+    _pipeline = pipe
+    _ready.set()
+
+
+async def pipeline() -> Pipeline:
+    await _ready.wait()
+    assert _pipeline is not None
+    return _pipeline
+
+
+def pipeline_config() -> PipelineConfig:
+    return PipelineConfig(
+        scenes=settings.scenes,
+        top_k=settings.top_k,
+        max_text_chars=settings.max_text_chars,
+        max_event_bytes=settings.max_event_bytes,
+        unknown_item_wait_s=settings.unknown_item_wait_s,
+        model_version=settings.model_version,
+    )
+
+
+class TableStates(MutableMapping[str, bytes]):
+    """The Faust table seen as ``user_id -> state bytes`` (its keys are raw bytes)."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes]) -> None:
+        self._table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._table[key.encode()]
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+class FaustEmitter:
+    async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
+        await recommendations_topic.send(key=user_id.encode(), value=orjson.dumps(payload))
+
+    async def dead_letter(self, key: str | None, letter: DeadLetter) -> None:
+        await dlq_topic.send(
+            key=key.encode() if key else None, value=letter.model_dump_json().encode()
+        )
+
+
+def load_index(store: VectorStore, dim: int) -> ItemIndex:
+    index = ItemIndex(dim)
+    for item in store.iter_items():
+        index.upsert(item.item_id, item.vector, item.scenes, item.title, item.popularity)
+    return index
+
+
+@app.service
+class Runtime(Service):
+    """Opens the vector store and the encoder client; closes them on shutdown."""
+
+    _store: VectorStore | None = None
+    _encoder: EncoderClient | None = None
+
+    async def on_start(self) -> None:
+        self._encoder = EncoderClient(settings.encoder_base_url)
+        probe = await self._encoder.encode(["probe"])
+        dim = int(probe.shape[1])
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        self._store = open_store(settings.store_dir, url=settings.qdrant_url, api_key=api_key)
+        self._store.ensure_collections(dim, settings.scenes)
+        index = load_index(self._store, dim)
+        metrics.items_indexed.set(len(index))
+        log.info(
+            "runtime ready: encoder %s (dim %d), store %s, %d items indexed",
+            settings.encoder_base_url,
+            dim,
+            "qdrant server" if settings.qdrant_url else f"embedded at {settings.store_dir}",
+            len(index),
+        )
+        install(
+            Pipeline(
+                config=pipeline_config(),
+                store=self._store,
+                index=index,
+                encoder=self._encoder,
+                states=TableStates(users_table),
+                emitter=FaustEmitter(),
+                metrics=metrics,
+            )
+        )
+
+    async def on_stop(self) -> None:
+        if self._encoder is not None:
+            await self._encoder.close()
+        if self._store is not None:
+            self._store.flush()
+            self._store.close()
+
+
+@app.page("/ready")
+class ReadyView(View):
+    """200 once the runtime is up (store open, encoder reached), else 503."""
+
+    async def get(self, request: Request) -> Response:
+        if _pipeline is None:
+            return self.json({"ready": False}, status=503)
+        return self.json({"ready": True, "items": len(_pipeline.index)})
+
+
+@app.page("/users/{user_id}/state")
+class UserStateView(View):
+    """What the worker holds about one user (operators' and tests' window on the table)."""
+
+    async def get(self, request: Request, user_id: str) -> Response:
+        raw = _pipeline.states.get(user_id) if _pipeline is not None else None
+        if raw is None:
+            return self.json({"error": f"unknown user {user_id!r}"}, status=404)
+        st = state_codec.loads(raw)
+        return self.json(
+            {
+                "user_id": user_id,
+                "n_events": st.n_events,
+                "scene_counts": st.scene_counts,
+                "recent": list(st.recent),
+                "following": list(st.following),
+                "last_event_id": st.last_event_id,
+                "global": None if st.global_vec is None else st.global_vec.tolist(),
+            }
+        )

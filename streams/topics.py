@@ -1,0 +1,24 @@
+"""The topics of ARCHITECTURE.md: names, keys and how they are configured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    keyed_by: str
+    compacted: bool = False
+
+
+CLICKS = TopicSpec("events.click", "user_id")
+COMMENTS = TopicSpec("events.comment", "user_id")
+SOCIAL = TopicSpec("events.social", "user_id")
+CATALOG = TopicSpec("catalog.items", "item_id", compacted=True)
+PROFILES = TopicSpec("users.profiles", "user_id", compacted=True)
+RECOMMENDATIONS = TopicSpec("recommendations", "user_id")
+DLQ = TopicSpec("events.dlq", "user_id")
+
+INPUT_TOPICS = (CLICKS, COMMENTS, SOCIAL, CATALOG, PROFILES)
+ALL_TOPICS = (*INPUT_TOPICS, RECOMMENDATIONS, DLQ)

@@ -1,0 +1,184 @@
+"""Real services for the integration tests, started once per test session.
+
+Where they come from, in order (the choice is logged):
+1. ``KAFKA_BOOTSTRAP`` / ``QDRANT_URL`` set: an existing cluster is used as it is;
+2. a Docker engine answers: testcontainers start Kafka and Qdrant;
+3. otherwise (as on the development machines): the project's own local processes.
+The encoder is always the project's Ray Serve app and the worker a real Faust process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from scenerec.config import Settings
+from scenerec.kafka import consumer, ensure_topics, producer
+
+log = logging.getLogger("scenerec.tests")
+
+SCENES = "action,comedy,drama,family,scifi,thriller"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    env: dict[str, str]
+    mode: str
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.worker_web_port}"
+
+
+def _kafka(stack: ExitStack, var: Path, env: dict[str, str]) -> str:
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        log.info("integration services: existing Kafka at %s", os.environ["KAFKA_BOOTSTRAP"])
+        return "existing"
+    if docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        kafka = stack.enter_context(KafkaContainer("apache/kafka:4.1.1").with_kraft())
+        env["KAFKA_BOOTSTRAP"] = kafka.get_bootstrap_server()
+        log.info("integration services: Kafka in a testcontainer at %s", env["KAFKA_BOOTSTRAP"])
+        return "testcontainers"
+    from deploy.kafka_local import LocalKafka
+
+    port, ctl = free_port(), free_port()
+    broker = LocalKafka(var / "kafka", port=port, controller_port=ctl)
+    broker.start()
+    stack.callback(broker.stop)
+    env["SCENEREC_KAFKA_PORT"] = str(port)
+    env["SCENEREC_KAFKA_CONTROLLER_PORT"] = str(ctl)
+    log.info("integration services: the project's local Kafka on port %d", port)
+    return "local"
+
+
+def _qdrant(stack: ExitStack, env: dict[str, str], docker: bool) -> None:
+    if os.environ.get("QDRANT_URL"):
+        log.info("integration services: existing Qdrant at %s", os.environ["QDRANT_URL"])
+    elif docker:
+        from testcontainers.qdrant import QdrantContainer
+
+        qdrant = stack.enter_context(QdrantContainer())
+        env["QDRANT_URL"] = f"http://{qdrant.rest_host_address}"
+        log.info("integration services: Qdrant in a testcontainer at %s", env["QDRANT_URL"])
+    else:
+        log.info("integration services: the embedded vector store (Qdrant Edge) in the worker")
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    from deploy.ray_serve import start_serve, stop_serve
+    from deploy.stack import encoder_config
+    from deploy.worker import start_worker, stop_worker
+
+    var = tmp_path_factory.mktemp("var")
+    env: dict[str, str] = {
+        "SCENEREC_VAR_DIR": str(var),
+        "SCENEREC_SCENES": SCENES,
+        "SCENEREC_APP_ID": f"scenerec-test-{uuid.uuid4().hex[:8]}",
+        "SCENEREC_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:6]}.",
+        "SCENEREC_SERVE_PORT": str(free_port()),
+        "SCENEREC_WORKER_WEB_PORT": str(free_port()),
+        "SCENEREC_UNKNOWN_ITEM_WAIT_S": "5",
+        "SCENEREC_ENCODER_TORCH_THREADS": "1",
+    }
+    with ExitStack() as stack:
+        mode = _kafka(stack, var, env)
+        _qdrant(stack, env, docker=mode == "testcontainers")
+        settings = Settings(**_settings_kwargs(env))
+        asyncio.run(ensure_topics(settings))
+        start_serve(encoder_config(settings), http_port=settings.serve_port)
+        stack.callback(stop_serve)
+        start_worker(var, settings.worker_web_port, env=env)
+        stack.callback(stop_worker, var)
+        yield Services(settings=settings, env=env, mode=mode)
+
+
+def _settings_kwargs(env: dict[str, str]) -> dict[str, Any]:
+    # Build the same Settings the worker reads from its environment.
+    merged = {**os.environ, **env}
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(merged)
+        return Settings().model_dump()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class Bus:
+    """Publish events and read output topics of the session's broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._prod = producer(settings)
+
+    async def __aenter__(self) -> Bus:
+        await self._prod.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._prod.stop()
+
+    async def send(self, topic: str, key: str, value: dict[str, Any] | bytes) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        await self._prod.send_and_wait(self.settings.topic(topic), key=key.encode(), value=raw)
+
+    async def collect(
+        self, topic: str, want: Any, timeout_s: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Read ``topic`` from the beginning until ``want(messages)`` is true."""
+        cons = consumer(
+            self.settings, self.settings.topic(topic), auto_offset_reset="earliest",
+            group_id=None,
+        )
+        await cons.start()
+        got: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not want(got):
+                    batch = await cons.getmany(timeout_ms=250)
+                    for records in batch.values():
+                        got.extend(orjson.loads(r.value) for r in records)
+        except TimeoutError:
+            pass
+        finally:
+            await cons.stop()
+        return got
+
+
+@pytest.fixture
+async def bus(services: Services) -> AsyncIterator[Bus]:
+    async with Bus(services.settings) as b:
+        yield b

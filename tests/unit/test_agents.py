@@ -1,0 +1,161 @@
+"""The Faust agents through ``agent.test_context()``: real model, embedded store, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from embeddings.ranking import ItemIndex
+from streams import runtime
+from streams.agents.catalog import process_catalog
+from streams.agents.clicks import process_clicks
+from streams.agents.comments import process_comments
+from streams.agents.profiles import process_profiles
+from streams.agents.social import process_social
+from streams.metrics import WorkerMetrics
+from streams.pipeline import Pipeline, PipelineConfig
+from streams.records import DeadLetter
+from streams.state import loads
+from tests.conftest import InProcessEncoder
+from vectorstore import open_store
+
+ITEMS = [
+    {"item_id": "1", "scenes": ["scifi"], "title": "Star Wars (1977)",
+     "description": "Space opera with rebels and an evil empire"},
+    {"item_id": "2", "scenes": ["scifi"], "title": "Alien (1979)",
+     "description": "Horror in outer space aboard a starship"},
+    {"item_id": "3", "scenes": ["family"], "title": "Toy Story (1995)",
+     "description": "Animated toys come to life"},
+    {"item_id": "4", "scenes": ["drama"], "title": "Sense and Sensibility (1995)",
+     "description": "Romance and manners in Regency England"},
+]
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.recs: list[dict[str, Any]] = []
+        self.dlq: list[DeadLetter] = []
+
+    async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
+        self.recs.append(payload)
+
+    async def dead_letter(self, key: str | None, letter: DeadLetter) -> None:
+        self.dlq.append(letter)
+
+
+@pytest.fixture
+async def pipe(tmp_path: Path, in_process_encoder: InProcessEncoder) -> AsyncIterator[Pipeline]:
+    store = open_store(tmp_path / "store")
+    store.ensure_collections(384, ["scifi", "family", "drama"])
+    p = Pipeline(
+        config=PipelineConfig(scenes=("scifi", "family", "drama"), unknown_item_wait_s=0.5),
+        store=store,
+        index=ItemIndex(384),
+        encoder=in_process_encoder,
+        states={},
+        emitter=Collect(),
+        metrics=WorkerMetrics.create(CollectorRegistry()),
+    )
+    runtime.install(p)
+    yield p
+    store.close()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+async def feed(agent: Any, values: list[bytes], done: Callable[[], bool]) -> None:
+    async with agent.test_context() as ctx:
+        for v in values:
+            await ctx.put(v, key=b"k", wait=False)
+        await until(done)
+
+
+async def load_catalog(pipe: Pipeline) -> None:
+    await feed(process_catalog, [orjson.dumps(i) for i in ITEMS], lambda: len(pipe.index) == 4)
+
+
+async def test_catalog_agent_encodes_in_batches_and_stores(pipe: Pipeline) -> None:
+    await load_catalog(pipe)
+    assert pipe.store.count("items") == 4
+    assert max(pipe.encoder.calls) > 1  # type: ignore[attr-defined]  # batched, not per item
+    sw, alien, toy = (pipe.index.vector(i) for i in ("1", "2", "3"))
+    assert float(sw @ alien) > float(sw @ toy)
+
+
+async def test_click_agent_updates_state_and_emits_recs(pipe: Pipeline) -> None:
+    await load_catalog(pipe)
+    out: Collect = pipe.emitter  # type: ignore[assignment]
+    click = {"event_id": "c1", "user_id": "u1", "item_id": "1", "scene": "scifi", "ts": 1}
+    await feed(process_clicks, [orjson.dumps(click)], lambda: len(out.recs) == 1)
+    rec = out.recs[0]
+    assert rec["user_id"] == "u1" and rec["trigger_event_id"] == "c1"
+    global_ids = [r["item_id"] for r in rec["scenes"]["global"]]
+    assert "1" not in global_ids and global_ids[0] == "2"  # seen item out, closest first
+    assert "Star Wars" in rec["scenes"]["scifi"][0]["reason"]
+    state = loads(pipe.states["u1"])
+    assert state.already_applied("c1")
+    # the same event again is a duplicate: no second recommendation, no double count
+    await feed(process_clicks, [orjson.dumps(click)], lambda: True)
+    await asyncio.sleep(0.3)
+    assert len(out.recs) == 1 and loads(pipe.states["u1"]).n_events == 1
+
+
+async def test_comment_and_profile_agents_use_the_encoder(pipe: Pipeline) -> None:
+    await load_catalog(pipe)
+    out: Collect = pipe.emitter  # type: ignore[assignment]
+    prof = {"user_id": "u2", "profile_text": "A 9 year old who loves cartoons and toys"}
+    await feed(process_profiles, [orjson.dumps(prof)], lambda: len(out.recs) == 1)
+    assert out.recs[0]["scenes"]["global"][0]["item_id"] == "3"
+    before = loads(pipe.states["u2"]).global_vec
+    comment = {"event_id": "m1", "user_id": "u2", "item_id": "4", "scene": "drama", "ts": 2,
+               "text": "a moving period romance"}
+    await feed(process_comments, [orjson.dumps(comment)], lambda: len(out.recs) == 2)
+    after = loads(pipe.states["u2"]).global_vec
+    assert before is not None and after is not None and not np.allclose(before, after)
+
+
+async def test_social_agent_moves_follower_toward_followee(pipe: Pipeline) -> None:
+    await load_catalog(pipe)
+    out: Collect = pipe.emitter  # type: ignore[assignment]
+    clicks = [
+        {"event_id": "a", "user_id": "fan", "item_id": "4", "scene": "drama", "ts": 1},
+        {"event_id": "b", "user_id": "star", "item_id": "1", "scene": "scifi", "ts": 1},
+    ]
+    await feed(process_clicks, [orjson.dumps(c) for c in clicks], lambda: len(out.recs) == 2)
+    star = loads(pipe.states["star"]).global_vec
+    before = loads(pipe.states["fan"]).global_vec
+    follow = {"event_id": "f", "user_id": "fan", "target_user_id": "star", "kind": "follow",
+              "ts": 2}
+    await feed(process_social, [orjson.dumps(follow)], lambda: len(out.recs) == 3)
+    after = loads(pipe.states["fan"]).global_vec
+    assert float(after @ star) > float(before @ star)
+
+
+async def test_bad_events_go_to_dlq_and_good_ones_still_apply(pipe: Pipeline) -> None:
+    await load_catalog(pipe)
+    out: Collect = pipe.emitter  # type: ignore[assignment]
+    good = {"event_id": "g", "user_id": "u3", "item_id": "2", "scene": "scifi", "ts": 1}
+    values = [
+        b"not json",
+        orjson.dumps({**good, "event_id": "x1", "scene": "cooking"}),
+        orjson.dumps(good),
+        orjson.dumps({**good, "event_id": "x2", "item_id": "999"}),
+        orjson.dumps({"event_id": "x3", "user_id": "u3"}),
+    ]
+    await feed(process_clicks, values, lambda: len(out.dlq) == 4 and len(out.recs) == 1)
+    reasons = sorted(d.reason for d in out.dlq)
+    assert reasons == ["missing_field", "not_json", "unknown_item", "unknown_scene"]
+    assert all(d.topic and d.offset >= 0 for d in out.dlq)
+    assert out.recs[0]["trigger_event_id"] == "g"

@@ -1,0 +1,132 @@
+"""The vector math: updates, co-learning fallback, ranking, reasons, state codec."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embeddings.kg import HashedEntityEmbedding
+from embeddings.ranking import ItemIndex, recommend
+from embeddings.scenes import SceneGates
+from embeddings.user_model import UserState
+from embeddings.vectors import move_toward, normalize
+from streams import state as codec
+
+DIM = 8
+
+
+def unit(i: int) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[i] = 1.0
+    return v
+
+
+def index_with(n: int = 6) -> ItemIndex:
+    idx = ItemIndex(DIM)
+    for i in range(n):
+        idx.upsert(f"i{i}", unit(i), ["a" if i % 2 == 0 else "b"], f"Item {i}")
+    return idx
+
+
+def test_normalize_keeps_zero_vector_finite() -> None:
+    assert np.all(normalize(np.zeros(DIM, dtype=np.float32)) == 0)
+    assert np.isclose(np.linalg.norm(normalize(np.ones(DIM, dtype=np.float32))), 1.0)
+
+
+def test_move_toward_adopts_target_when_empty_and_blends_otherwise() -> None:
+    assert np.allclose(move_toward(None, unit(0) * 3, 0.2), unit(0))
+    v = move_toward(unit(0), unit(1), 0.5)
+    assert np.isclose(v[0], v[1]) and np.isclose(np.linalg.norm(v), 1.0)
+    away = move_toward(normalize(unit(0) + unit(1)), unit(1), -0.5)
+    assert away[1] < away[0]
+
+
+def test_first_click_sets_vectors_and_later_clicks_average() -> None:
+    s = UserState()
+    s.apply_item("i0", unit(0), "a")
+    assert np.allclose(s.global_vec, unit(0)) and np.allclose(s.scene_vecs["a"], unit(0))
+    s.apply_item("i1", unit(1), "b")
+    assert np.isclose(s.global_vec[0], s.global_vec[1])  # plain mean of two events
+    assert list(s.recent) == ["i0", "i1"] and set(s.seen) == {"i0", "i1"}
+
+
+def test_sparse_scene_borrows_from_global() -> None:
+    s = UserState()
+    for _ in range(5):
+        s.apply_item("i0", unit(0), "a")
+    s.apply_item("i1", unit(1), "b")
+    mixed = s.scene_vector("b")
+    assert mixed is not None and mixed[0] > 0 and mixed[1] > 0  # one click does not erase
+    assert s.scene_vector("never") is s.global_vec
+
+
+def test_follow_moves_toward_target_and_unfollow_away() -> None:
+    s = UserState()
+    s.apply_item("i0", unit(0), "a")
+    target = {"global": unit(1), "a": unit(1)}
+    s.apply_social("follow", "v", target)
+    assert s.global_vec[1] > 0 and s.scene_vecs["a"][1] > 0 and "v" in s.following
+    before = s.global_vec[1]
+    s.apply_social("unfollow", "v", target)
+    assert s.global_vec[1] < before and "v" not in s.following
+
+
+def test_profile_seeds_new_user() -> None:
+    s = UserState()
+    s.apply_profile(unit(2))
+    assert np.allclose(s.global_vec, unit(2))
+
+
+def test_ranking_filters_seen_and_scene_and_explains() -> None:
+    idx = index_with()
+    s = UserState()
+    s.apply_item("i0", normalize(unit(0) + 0.5 * unit(2)), "a")
+    recs = recommend(s, idx, SceneGates(DIM), k=3)
+    assert set(recs) == {"global", "a"}
+    for lst in recs.values():
+        assert "i0" not in [r.item_id for r in lst]
+    assert [r.item_id for r in recs["a"]][0] == "i2"
+    assert all(r.item_id in {"i2", "i4"} for r in recs["a"])  # only scene-a items
+    assert "in a" in recs["a"][0].reason and "Item 0" in recs["a"][0].reason
+
+
+def test_cold_user_without_vector_gets_popular_items() -> None:
+    idx = index_with()
+    for _ in range(3):
+        idx.count_click("i5")
+    s = UserState()
+    recs = recommend(s, idx, SceneGates(DIM), k=2)
+    assert recs["global"][0].item_id == "i5" and "popular" in recs["global"][0].reason
+
+
+def test_scene_gate_changes_the_score() -> None:
+    gates = SceneGates(DIM)
+    gate = np.ones(DIM, dtype=np.float32)
+    gate[0] = 0.0
+    gates.set_gate("a", gate)
+    assert gates.apply("a", unit(0))[0] == 0.0
+    assert gates.apply("b", unit(0))[0] == 1.0
+
+
+def test_kg_embedding_shared_entities_are_similar() -> None:
+    kg = HashedEntityEmbedding(64)
+    a = kg.embed([("actor", "x"), ("director", "y")])
+    b = kg.embed([("actor", "x"), ("director", "z")])
+    c = kg.embed([("actor", "q"), ("director", "r")])
+    assert a is not None and b is not None and c is not None
+    assert float(a @ b) > float(a @ c) + 0.3
+    assert kg.embed([]) is None
+
+
+def test_state_codec_round_trip() -> None:
+    s = UserState()
+    s.apply_profile(unit(3))
+    s.apply_item("i0", unit(0), "a")
+    s.apply_social("follow", "v", None)
+    s.mark_applied("e1")
+    back = codec.loads(codec.dumps(s))
+    assert np.allclose(back.global_vec, s.global_vec)
+    assert np.allclose(back.profile_vec, s.profile_vec)
+    assert np.allclose(back.scene_vecs["a"], s.scene_vecs["a"])
+    assert back.already_applied("e1") and back.last_event_id == "e1"
+    assert list(back.recent) == ["i0"] and "v" in back.following
+    assert codec.loads(codec.dumps(UserState())).global_vec is None
