@@ -10,11 +10,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deploy.kafka_local import LocalKafka
 from deploy.worker import start_worker, stop_worker
 from scenerec.config import Settings
 from scenerec.kafka import ensure_topics
+
+if TYPE_CHECKING:  # Ray is heavy: import it only where it is used
+    from serving.encoder_app import EncoderAppConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def local_kafka(settings: Settings) -> LocalKafka:
     )
 
 
-def encoder_config(settings: Settings) -> "EncoderAppConfig":  # noqa: F821 - lazy import below
+def encoder_config(settings: Settings) -> EncoderAppConfig:
     from serving.encoder_app import EncoderAppConfig
 
     return EncoderAppConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -40,7 +41,10 @@ def is_ready(web_port: int) -> bool:
 
 
 def start_worker(
-    var_dir: Path, web_port: int, env: dict[str, str] | None = None, timeout_s: float = 180.0,
+    var_dir: Path,
+    web_port: int,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 180.0,
     name: str = "worker",
 ) -> int:
     """Launch a worker detached from this process; return its pid once it is ready."""
@@ -51,12 +55,28 @@ def start_worker(
     logs = var_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
-    cmd = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info",
-           "--web-port", str(web_port), "--web-host", "127.0.0.1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "faust",
+        "-A",
+        "streams.app",
+        "worker",
+        "-l",
+        "info",
+        "--web-port",
+        str(web_port),
+        "--web-host",
+        "127.0.0.1",
+    ]
     full_env = {**os.environ, **(env or {}), "SCENEREC_WORKER_WEB_PORT": str(web_port)}
     with log_path.open("ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
             cwd=Path(__file__).resolve().parent.parent,
         )
     pid_file.write_text(str(proc.pid))
@@ -64,7 +84,9 @@ def start_worker(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise WorkerError(f"worker exited with {proc.returncode}; last lines:\n{_tail(log_path)}")
+            raise WorkerError(
+                f"worker exited with {proc.returncode}; last lines:\n{_tail(log_path)}"
+            )
         if is_ready(web_port):
             log.info("worker ready on http://127.0.0.1:%d (metrics at /metrics)", web_port)
             return proc.pid
@@ -72,8 +94,12 @@ def start_worker(
     raise WorkerError(f"worker not ready after {timeout_s:.0f}s; last lines:\n{_tail(log_path)}")
 
 
-def stop_worker(var_dir: Path, timeout_s: float = 30.0, name: str = "worker",
-                sig: signal.Signals = signal.SIGTERM) -> None:
+def stop_worker(
+    var_dir: Path,
+    timeout_s: float = 30.0,
+    name: str = "worker",
+    sig: signal.Signals = signal.SIGTERM,
+) -> None:
     """Stop the worker: SIGTERM (Faust shuts down cleanly), SIGKILL after ``timeout_s``."""
     pid_file = var_dir / f"{name}.pid"
     pid = _pid(pid_file)
@@ -95,10 +121,8 @@ def stop_worker(var_dir: Path, timeout_s: float = 30.0, name: str = "worker",
 
 def _reap(pid: int) -> None:
     # The worker is our child when this process started it: collect it so it is not a zombie.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _tail(path: Path, lines: int = 30) -> str:

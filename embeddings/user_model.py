@@ -77,9 +77,7 @@ class UserState:
     def apply_comment(self, item_id: str, item_vec: Vector, text_vec: Vector, scene: str) -> None:
         self.apply_item(item_id, normalize(item_vec + text_vec), scene, COMMENT_WEIGHT)
 
-    def apply_social(
-        self, kind: str, target_user: str, target: dict[str, Vector] | None
-    ) -> None:
+    def apply_social(self, kind: str, target_user: str, target: dict[str, Vector] | None) -> None:
         """Move toward (or, for unfollow, away from) another user's vectors."""
         if kind == "follow":
             self.following[target_user] = None

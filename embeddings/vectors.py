@@ -16,13 +16,8 @@ def normalize(v: Vector) -> Vector:
     norm = float(np.linalg.norm(v))
     if norm < _EPS:
         return np.zeros_like(v, dtype=np.float32)
-    return (v / norm).astype(np.float32, copy=False)
-
-
-def normalize_rows(m: Matrix) -> Matrix:
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    norms[norms < _EPS] = 1.0
-    return (m / norms).astype(np.float32, copy=False)
+    out: Vector = (v / norm).astype(np.float32, copy=False)
+    return out
 
 
 def move_toward(current: Vector | None, target: Vector, rate: float) -> Vector:

@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except Exception as exc:  # noqa: BLE001 - the CLI's one place to turn errors into words
+    except Exception as exc:
         if args.verbose:
             raise
         log.error("%s: %s", type(exc).__name__, exc)

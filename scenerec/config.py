@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The project root (the folder holding pyproject.toml) when running from a checkout.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +82,8 @@ class Settings(BaseSettings):
     # --- worker ----------------------------------------------------------------------------
     worker_web_port: int = 16066
     app_id: str = "scenerec"
-    scenes: tuple[str, ...] = DEFAULT_SCENES
+    # NoDecode: a comma-separated list in the environment, not JSON (see _split_scenes).
+    scenes: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SCENES
     top_k: int = Field(default=10, ge=1, le=1000)
     max_text_chars: int = Field(default=4096, ge=1)
     max_event_bytes: int = Field(default=65536, ge=256)

@@ -108,7 +108,11 @@ def load_ml100k(data_dir: Path, with_kg: bool = True) -> Dataset:
         {
             "user_id": r["user_id"],
             "profile_text": profile_text(r["age"], r["gender"], r["occupation"]),
-            "attributes": {"age": int(r["age"]), "gender": r["gender"], "occupation": r["occupation"]},
+            "attributes": {
+                "age": int(r["age"]),
+                "gender": r["gender"],
+                "occupation": r["occupation"],
+            },
         }
         for r in _rows(root / "ml-100k.user")
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -57,10 +58,9 @@ async def ensure_topics(settings: Settings) -> list[str]:
             if settings.topic(spec.name) not in existing
         ]
         if wanted:
-            try:
+            # another process may win the race to create them: fine
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race: fine
             log.info("created topics %s", ", ".join(t.name for t in wanted))
         return [t.name for t in wanted]
     finally:

@@ -46,6 +46,9 @@ from vectorstore.base import ItemPoint, UserPoint, VectorStore
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
 
+#: After a catalog batch, clicks on unknown items wait this long for more of the catalog.
+CATALOG_QUIET_S = 3.0
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -92,6 +95,7 @@ class Pipeline:
         self.gates = SceneGates(self.index.dim)
         self.kg = HashedEntityEmbedding(self.index.dim)
         self._scenes = frozenset(self.config.scenes)
+        self._catalog_busy_until = 0.0
 
     # --- shared steps ----------------------------------------------------------------------
     async def _parse(self, batch: Sequence[Incoming], record: type[R]) -> list[tuple[Incoming, R]]:
@@ -152,9 +156,16 @@ class Pipeline:
         return UserState() if raw is None else state_codec.loads(raw)
 
     async def _wait_for_items(self, item_ids: set[str]) -> None:
-        """Catalog and events race at start-up: give the catalog agent time to index."""
+        """Catalog and events race at start-up: give the catalog agent time to index.
+
+        Waits only while the catalog is plausibly still arriving (nothing indexed yet, or a
+        catalog batch within the last few seconds), so one click on an unknown item does
+        not stall the stream once the catalog is loaded.
+        """
         deadline = time.monotonic() + self.config.unknown_item_wait_s
         while any(i not in self.index for i in item_ids) and time.monotonic() < deadline:
+            if len(self.index) > 0 and time.monotonic() > self._catalog_busy_until:
+                return
             await asyncio.sleep(0.2)
 
     async def _apply_per_user(
@@ -190,9 +201,13 @@ class Pipeline:
             return
         for user_id, (state, _) in changed.items():
             self.states[user_id] = state_codec.dumps(state)
-        self.store.upsert_users(
-            [UserPoint(uid, st.named_vectors()) for uid, (st, _) in changed.items()]
-        )
+        points = [
+            UserPoint(uid, vecs)
+            for uid, (st, _) in changed.items()
+            if (vecs := st.named_vectors())  # a user known only by a follow has no vector yet
+        ]
+        if points:
+            self.store.upsert_users(points)
         for user_id, (state, trigger) in changed.items():
             recs = recommend(state, self.index, self.gates, self.config.top_k)
             payload: dict[str, object] = {
@@ -256,6 +271,7 @@ class Pipeline:
         await self._apply_per_user("users.profiles", events, lambda e: e.user_id, apply)
 
     async def on_catalog(self, batch: Sequence[Incoming]) -> None:
+        self._catalog_busy_until = time.monotonic() + CATALOG_QUIET_S
         events = await self._parse(batch, CatalogItem)
         if not events:
             return
@@ -272,6 +288,7 @@ class Pipeline:
         self.store.upsert_items(points)
         self.metrics.events.labels("catalog.items", "ok").inc(len(points))
         self.metrics.items_indexed.set(len(self.index))
+        self._catalog_busy_until = time.monotonic() + CATALOG_QUIET_S
 
 
 def _scenes_of(event: BaseModel) -> list[str]:

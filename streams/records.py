@@ -126,9 +126,7 @@ RECORD_FOR_TOPIC: dict[str, type[AnyEvent]] = {
 }
 
 
-def parse_event(
-    raw: bytes | None, record: type[T], *, max_bytes: int, max_text_chars: int
-) -> T:
+def parse_event(raw: bytes | None, record: type[T], *, max_bytes: int, max_text_chars: int) -> T:
     """Bytes -> a validated record, or :class:`BadEvent` naming the reason."""
     if raw is None:
         raise BadEvent("empty", "message has no value")

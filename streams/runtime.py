@@ -165,3 +165,14 @@ class UserStateView(View):
                 "global": None if st.global_vec is None else st.global_vec.tolist(),
             }
         )
+
+
+@app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+async def report_consumer_lag() -> None:
+    """Per-partition lag = highwater - position, for the partitions this worker owns."""
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        position = await consumer.position(tp)
+        if position is not None:
+            lag = max(0, consumer.highwater(tp) - position)
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)

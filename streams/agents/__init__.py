@@ -21,14 +21,14 @@ Handler = Callable[[Pipeline, Sequence[Incoming]], Awaitable[None]]
 RETRIES = 3
 
 
-def incoming(event: faust.EventT) -> Incoming:
+def incoming(event: faust.EventT[bytes]) -> Incoming:
     msg = event.message
     value = event.value if isinstance(event.value, bytes) or event.value is None else msg.value
     return Incoming(value=value, topic=msg.topic, partition=msg.partition, offset=msg.offset)
 
 
 async def consume(
-    stream: faust.StreamT,
+    stream: faust.StreamT[bytes],
     topic: str,
     handler: Handler,
     get_pipeline: Callable[[], Awaitable[Pipeline]],
@@ -41,7 +41,8 @@ async def consume(
     A batch that keeps failing (encoder or store down past its retries) is not dropped:
     every message of it goes to the dead-letter topic with the error as reason.
     """
-    async for events in stream.take_events(batch_max, within=within_s):
+    # take_events is on faust.Stream (faust-streaming >= 0.10), not on the StreamT protocol.
+    async for events in stream.take_events(batch_max, within=within_s):  # type: ignore[attr-defined]
         batch = [incoming(e) for e in events]
         pipe = await get_pipeline()
         started = time.perf_counter()
@@ -49,7 +50,7 @@ async def consume(
             try:
                 await handler(pipe, batch)
                 break
-            except Exception as exc:  # noqa: BLE001 - anything but bad input is retried
+            except Exception as exc:
                 log.exception("batch of %d from %s failed (attempt %d)", len(batch), topic, attempt)
                 if attempt == RETRIES:
                     for msg in batch:

@@ -6,13 +6,13 @@ import faust
 
 from streams import runtime
 from streams.agents import consume
-from streams.app import app, metrics, settings, catalog_topic
+from streams.app import app, catalog_topic, metrics, settings
 from streams.pipeline import Pipeline
 from streams.topics import CATALOG
 
 
 @app.agent(catalog_topic)
-async def process_catalog(stream: faust.StreamT) -> None:
+async def process_catalog(stream: faust.StreamT[bytes]) -> None:
     await consume(
         stream,
         CATALOG.name,

@@ -6,13 +6,13 @@ import faust
 
 from streams import runtime
 from streams.agents import consume
-from streams.app import app, metrics, settings, clicks_topic
+from streams.app import app, clicks_topic, metrics, settings
 from streams.pipeline import Pipeline
 from streams.topics import CLICKS
 
 
 @app.agent(clicks_topic)
-async def process_clicks(stream: faust.StreamT) -> None:
+async def process_clicks(stream: faust.StreamT[bytes]) -> None:
     await consume(
         stream,
         CLICKS.name,

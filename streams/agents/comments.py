@@ -6,13 +6,13 @@ import faust
 
 from streams import runtime
 from streams.agents import consume
-from streams.app import app, metrics, settings, comments_topic
+from streams.app import app, comments_topic, metrics, settings
 from streams.pipeline import Pipeline
 from streams.topics import COMMENTS
 
 
 @app.agent(comments_topic)
-async def process_comments(stream: faust.StreamT) -> None:
+async def process_comments(stream: faust.StreamT[bytes]) -> None:
     await consume(
         stream,
         COMMENTS.name,

@@ -6,13 +6,13 @@ import faust
 
 from streams import runtime
 from streams.agents import consume
-from streams.app import app, metrics, settings, profiles_topic
+from streams.app import app, metrics, profiles_topic, settings
 from streams.pipeline import Pipeline
 from streams.topics import PROFILES
 
 
 @app.agent(profiles_topic)
-async def process_profiles(stream: faust.StreamT) -> None:
+async def process_profiles(stream: faust.StreamT[bytes]) -> None:
     await consume(
         stream,
         PROFILES.name,

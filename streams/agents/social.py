@@ -12,7 +12,7 @@ from streams.topics import SOCIAL
 
 
 @app.agent(social_topic)
-async def process_social(stream: faust.StreamT) -> None:
+async def process_social(stream: faust.StreamT[bytes]) -> None:
     await consume(
         stream,
         SOCIAL.name,

@@ -155,12 +155,12 @@ class Bus:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
         await self._prod.send_and_wait(self.settings.topic(topic), key=key.encode(), value=raw)
 
-    async def collect(
-        self, topic: str, want: Any, timeout_s: float = 30.0
-    ) -> list[dict[str, Any]]:
+    async def collect(self, topic: str, want: Any, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         """Read ``topic`` from the beginning until ``want(messages)`` is true."""
         cons = consumer(
-            self.settings, self.settings.topic(topic), auto_offset_reset="earliest",
+            self.settings,
+            self.settings.topic(topic),
+            auto_offset_reset="earliest",
             group_id=None,
         )
         await cons.start()

@@ -64,8 +64,13 @@ def uid() -> str:
 
 
 def click(user: str, item: str, scene: str, event_id: str | None = None) -> dict[str, Any]:
-    return {"event_id": event_id or uuid.uuid4().hex, "user_id": user, "item_id": item,
-            "scene": scene, "ts": 880000000.0}
+    return {
+        "event_id": event_id or uuid.uuid4().hex,
+        "user_id": user,
+        "item_id": item,
+        "scene": scene,
+        "ts": 880000000.0,
+    }
 
 
 def recs_for(user: str):  # type: ignore[no-untyped-def]
@@ -98,8 +103,10 @@ async def test_comment_changes_the_users_vector(
     await bus.send("events.click", user, click(user, "2", catalog["2"]["scenes"][0]))
     await wait_for(lambda: user_vec(services, user) is not None)
     before = user_vec(services, user)
-    comment = {**click(user, "3", catalog["3"]["scenes"][0]),
-               "text": "Loved the soundtrack and the quiet, melancholic ending."}
+    comment = {
+        **click(user, "3", catalog["3"]["scenes"][0]),
+        "text": "Loved the soundtrack and the quiet, melancholic ending.",
+    }
     await bus.send("events.comment", user, comment)
     await wait_for(lambda: not np.allclose(user_vec(services, user), before))  # type: ignore[arg-type]
     after = user_vec(services, user)
@@ -117,8 +124,13 @@ async def test_follow_moves_follower_toward_followee(
     await wait_for(lambda: user_vec(services, star) is not None)
     fan_before, star_vec = user_vec(services, fan), user_vec(services, star)
     assert fan_before is not None and star_vec is not None
-    follow = {"event_id": uuid.uuid4().hex, "user_id": fan, "target_user_id": star,
-              "kind": "follow", "ts": 880000001.0}
+    follow = {
+        "event_id": uuid.uuid4().hex,
+        "user_id": fan,
+        "target_user_id": star,
+        "kind": "follow",
+        "ts": 880000001.0,
+    }
     await bus.send("events.social", fan, follow)
     await wait_for(lambda: get_json(f"{services.worker_url}/users/{fan}/state")[1]["following"])
     fan_after = user_vec(services, fan)
@@ -130,8 +142,11 @@ async def test_profile_only_user_gets_recommendations(
     services: Services, bus: Bus, catalog: dict[str, dict[str, Any]]
 ) -> None:
     user = uid()
-    profile = {"user_id": user, "profile_text": "A 10 year old student who loves animated films",
-               "attributes": {"age": 10}}
+    profile = {
+        "user_id": user,
+        "profile_text": "A 10 year old student who loves animated films",
+        "attributes": {"age": 10},
+    }
     await bus.send("users.profiles", user, profile)
     msgs = await bus.collect("recommendations", recs_for(user), timeout_s=30)
     mine = [m for m in msgs if m["user_id"] == user]
@@ -145,24 +160,48 @@ async def test_malformed_events_go_to_dlq_while_good_ones_are_processed(
     services: Services, bus: Bus, catalog: dict[str, dict[str, Any]]
 ) -> None:
     user = uid()
-    good_before, good_after = click(user, "4", catalog["4"]["scenes"][0]), click(
-        user, "5", catalog["5"]["scenes"][0]
+    good_before, good_after = (
+        click(user, "4", catalog["4"]["scenes"][0]),
+        click(user, "5", catalog["5"]["scenes"][0]),
     )
     marker = uuid.uuid4().hex
     bad: list[tuple[str, bytes, str]] = [
         ("events.click", b"{oops " + marker.encode(), "not_json"),
-        ("events.click", json.dumps({"event_id": marker + "m", "user_id": user}).encode(),
-         "missing_field"),
-        ("events.click", json.dumps({**click(user, "6", "drama", marker + "t"), "ts": "x"})
-         .encode(), "invalid_field"),
-        ("events.social", json.dumps({"event_id": marker + "k", "user_id": user,
-                                      "target_user_id": "v", "kind": "poke", "ts": 1}).encode(),
-         "unknown_kind"),
-        ("events.comment", json.dumps({**click(user, "6", catalog["6"]["scenes"][0],
-                                               marker + "l"), "text": "x" * 5000}).encode(),
-         "text_too_long"),
-        ("events.click", json.dumps(click(user, "6", "cooking", marker + "s")).encode(),
-         "unknown_scene"),
+        (
+            "events.click",
+            json.dumps({"event_id": marker + "m", "user_id": user}).encode(),
+            "missing_field",
+        ),
+        (
+            "events.click",
+            json.dumps({**click(user, "6", "drama", marker + "t"), "ts": "x"}).encode(),
+            "invalid_field",
+        ),
+        (
+            "events.social",
+            json.dumps(
+                {
+                    "event_id": marker + "k",
+                    "user_id": user,
+                    "target_user_id": "v",
+                    "kind": "poke",
+                    "ts": 1,
+                }
+            ).encode(),
+            "unknown_kind",
+        ),
+        (
+            "events.comment",
+            json.dumps(
+                {**click(user, "6", catalog["6"]["scenes"][0], marker + "l"), "text": "x" * 5000}
+            ).encode(),
+            "text_too_long",
+        ),
+        (
+            "events.click",
+            json.dumps(click(user, "6", "cooking", marker + "s")).encode(),
+            "unknown_scene",
+        ),
     ]
     await bus.send("events.click", user, good_before)
     for topic, raw, _ in bad:
@@ -172,12 +211,16 @@ async def test_malformed_events_go_to_dlq_while_good_ones_are_processed(
     def all_dead(msgs: list[dict[str, Any]]) -> bool:
         return sum(marker in (m.get("original_text") or "") for m in msgs) >= len(bad)
 
-    dead = [m for m in await bus.collect("events.dlq", all_dead, 40)
-            if marker in (m.get("original_text") or "")]
+    dead = [
+        m
+        for m in await bus.collect("events.dlq", all_dead, 40)
+        if marker in (m.get("original_text") or "")
+    ]
     assert sorted(m["reason"] for m in dead) == sorted(r for _, _, r in bad)
     for m in dead:
-        assert m["error"] and m["topic"].endswith(("events.click", "events.social",
-                                                   "events.comment"))
+        assert m["error"] and m["topic"].endswith(
+            ("events.click", "events.social", "events.comment")
+        )
         assert m["partition"] >= 0 and m["offset"] >= 0 and m["original_b64"]
     msgs = await bus.collect(
         "recommendations",

@@ -27,14 +27,30 @@ from tests.conftest import InProcessEncoder
 from vectorstore import open_store
 
 ITEMS = [
-    {"item_id": "1", "scenes": ["scifi"], "title": "Star Wars (1977)",
-     "description": "Space opera with rebels and an evil empire"},
-    {"item_id": "2", "scenes": ["scifi"], "title": "Alien (1979)",
-     "description": "Horror in outer space aboard a starship"},
-    {"item_id": "3", "scenes": ["family"], "title": "Toy Story (1995)",
-     "description": "Animated toys come to life"},
-    {"item_id": "4", "scenes": ["drama"], "title": "Sense and Sensibility (1995)",
-     "description": "Romance and manners in Regency England"},
+    {
+        "item_id": "1",
+        "scenes": ["scifi"],
+        "title": "Star Wars (1977)",
+        "description": "Space opera with rebels and an evil empire",
+    },
+    {
+        "item_id": "2",
+        "scenes": ["scifi"],
+        "title": "Alien (1979)",
+        "description": "Horror in outer space aboard a starship",
+    },
+    {
+        "item_id": "3",
+        "scenes": ["family"],
+        "title": "Toy Story (1995)",
+        "description": "Animated toys come to life",
+    },
+    {
+        "item_id": "4",
+        "scenes": ["drama"],
+        "title": "Sense and Sensibility (1995)",
+        "description": "Romance and manners in Regency England",
+    },
 ]
 
 
@@ -119,8 +135,14 @@ async def test_comment_and_profile_agents_use_the_encoder(pipe: Pipeline) -> Non
     await feed(process_profiles, [orjson.dumps(prof)], lambda: len(out.recs) == 1)
     assert out.recs[0]["scenes"]["global"][0]["item_id"] == "3"
     before = loads(pipe.states["u2"]).global_vec
-    comment = {"event_id": "m1", "user_id": "u2", "item_id": "4", "scene": "drama", "ts": 2,
-               "text": "a moving period romance"}
+    comment = {
+        "event_id": "m1",
+        "user_id": "u2",
+        "item_id": "4",
+        "scene": "drama",
+        "ts": 2,
+        "text": "a moving period romance",
+    }
     await feed(process_comments, [orjson.dumps(comment)], lambda: len(out.recs) == 2)
     after = loads(pipe.states["u2"]).global_vec
     assert before is not None and after is not None and not np.allclose(before, after)
@@ -136,8 +158,13 @@ async def test_social_agent_moves_follower_toward_followee(pipe: Pipeline) -> No
     await feed(process_clicks, [orjson.dumps(c) for c in clicks], lambda: len(out.recs) == 2)
     star = loads(pipe.states["star"]).global_vec
     before = loads(pipe.states["fan"]).global_vec
-    follow = {"event_id": "f", "user_id": "fan", "target_user_id": "star", "kind": "follow",
-              "ts": 2}
+    follow = {
+        "event_id": "f",
+        "user_id": "fan",
+        "target_user_id": "star",
+        "kind": "follow",
+        "ts": 2,
+    }
     await feed(process_social, [orjson.dumps(follow)], lambda: len(out.recs) == 3)
     after = loads(pipe.states["fan"]).global_vec
     assert float(after @ star) > float(before @ star)

@@ -84,7 +84,7 @@ def test_ranking_filters_seen_and_scene_and_explains() -> None:
     assert set(recs) == {"global", "a"}
     for lst in recs.values():
         assert "i0" not in [r.item_id for r in lst]
-    assert [r.item_id for r in recs["a"]][0] == "i2"
+    assert recs["a"][0].item_id == "i2"
     assert all(r.item_id in {"i2", "i4"} for r in recs["a"])  # only scene-a items
     assert "in a" in recs["a"][0].reason and "Item 0" in recs["a"][0].reason
 

@@ -19,8 +19,12 @@ CLICK = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "scene": "drama", "
 
 
 def parse(raw: bytes, record: type = ClickEvent, **kw: int) -> object:
-    return parse_event(raw, record, max_bytes=kw.get("max_bytes", 4096),
-                       max_text_chars=kw.get("max_text_chars", 100))
+    return parse_event(
+        raw,
+        record,
+        max_bytes=kw.get("max_bytes", 4096),
+        max_text_chars=kw.get("max_text_chars", 100),
+    )
 
 
 def test_good_click_parses_with_integer_timestamp() -> None:
@@ -40,21 +44,25 @@ def test_unknown_extra_fields_are_ignored() -> None:
         (b"{not json", ClickEvent, "not_json"),
         (b"\xff\xfe\x00", ClickEvent, "not_json"),
         (b"[1, 2]", ClickEvent, "not_object"),
-        (orjson.dumps({k: v for k, v in CLICK.items() if k != "item_id"}), ClickEvent,
-         "missing_field"),
+        (
+            orjson.dumps({k: v for k, v in CLICK.items() if k != "item_id"}),
+            ClickEvent,
+            "missing_field",
+        ),
         (orjson.dumps({**CLICK, "ts": "yesterday"}), ClickEvent, "invalid_field"),
         (orjson.dumps({**CLICK, "ts": "12.5"}), ClickEvent, "invalid_field"),
         (orjson.dumps({**CLICK, "user_id": 7}), ClickEvent, "invalid_field"),
         (orjson.dumps({**CLICK, "ts": -1}), ClickEvent, "invalid_field"),
         (orjson.dumps({**CLICK, "dwell_ms": -5}), ClickEvent, "invalid_field"),
         (orjson.dumps({**CLICK, "user_id": ""}), ClickEvent, "invalid_field"),
-        (b'{"event_id":"e","user_id":"u","target_user_id":"v","kind":"poke","ts":1}',
-         SocialEvent, "unknown_kind"),
+        (
+            b'{"event_id":"e","user_id":"u","target_user_id":"v","kind":"poke","ts":1}',
+            SocialEvent,
+            "unknown_kind",
+        ),
         (orjson.dumps({**CLICK, "text": "x" * 101}), CommentEvent, "text_too_long"),
-        (orjson.dumps({"user_id": "u", "profile_text": "y" * 101}), UserProfile,
-         "text_too_long"),
-        (orjson.dumps({"item_id": "i", "scenes": [], "title": "t"}), CatalogItem,
-         "invalid_field"),
+        (orjson.dumps({"user_id": "u", "profile_text": "y" * 101}), UserProfile, "text_too_long"),
+        (orjson.dumps({"item_id": "i", "scenes": [], "title": "t"}), CatalogItem, "invalid_field"),
         (b"x" * 5000, ClickEvent, "too_large"),
         (None, ClickEvent, "empty"),
     ],

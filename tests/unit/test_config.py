@@ -1,0 +1,36 @@
+"""Settings come from the environment, with the ecosystem's own names where they exist."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from scenerec.config import DEFAULT_SCENES, Settings
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert s.partitions == 4 and s.top_k == 10 and s.scenes == DEFAULT_SCENES
+    assert s.bootstrap == f"127.0.0.1:{s.kafka_port}"
+
+
+def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "broker:9092")
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")
+    monkeypatch.setenv("QDRANT_API_KEY", "s3cret")
+    monkeypatch.setenv("SCENEREC_SCENES", "news, video,music")
+    monkeypatch.setenv("SCENEREC_PARTITIONS", "8")
+    s = Settings()
+    assert s.bootstrap == "broker:9092" and s.qdrant_url == "http://qdrant:6333"
+    assert s.scenes == ("news", "video", "music") and s.partitions == 8
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s.model_dump())
+
+
+def test_bad_values_fail_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCENEREC_SCENES", "news,global")
+    with pytest.raises(ValidationError, match="reserved"):
+        Settings()
+    monkeypatch.setenv("SCENEREC_SCENES", "news")
+    monkeypatch.setenv("SCENEREC_PARTITIONS", "0")
+    with pytest.raises(ValidationError, match="partitions"):
+        Settings()
