@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -49,7 +50,10 @@ def encoder_config(settings: Settings) -> EncoderAppConfig:
         num_replicas=settings.encoder_replicas,
         num_gpus=1.0 if settings.encoder_device.startswith("cuda") else 0.0,
         max_batch_size=settings.encoder_max_batch_size,
-        torch_threads=settings.encoder_torch_threads,
+        # Ray pins a replica to its logical CPUs (1 thread); on a CPU-only host the encoder
+        # is the heavy part, so by default its replicas share all cores.
+        torch_threads=settings.encoder_torch_threads
+        or max(1, (os.cpu_count() or 1) // settings.encoder_replicas),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
@@ -45,6 +45,14 @@ class DemoState:
     def rate(times: deque[float], window: float = 3.0) -> float:
         now = time.monotonic()
         return sum(1 for t in times if now - t <= window) / window
+
+
+def status_line(state: DemoState) -> str:
+    return (
+        f"published {state.published} ({state.rate(state.pub_times):.0f}/s), "
+        f"recommendations {state.recs} ({state.rate(state.rec_times):.0f}/s), "
+        f"consumer lag {state.lag if state.lag is not None else '?'}"
+    )
 
 
 def render(state: DemoState, titles: dict[str, str]) -> Group:
@@ -148,10 +156,17 @@ async def run_demo(
         )
     )
     deadline = state.started + seconds if seconds else None
+    console = Console()
+    next_line = time.monotonic()
     try:
-        with Live(render(state, titles), refresh_per_second=4) as live:
+        with Live(render(state, titles), console=console, refresh_per_second=4) as live:
             while True:
                 live.update(render(state, titles))
+                if not console.is_terminal and time.monotonic() >= next_line:
+                    # Not a terminal (CI, a pipe): Live shows nothing until the end, so say
+                    # how it goes in one line every few seconds.
+                    log.info(status_line(state))
+                    next_line = time.monotonic() + 5.0
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 if publisher.done():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -271,7 +272,14 @@ class Pipeline:
         await self._apply_per_user("users.profiles", events, lambda e: e.user_id, apply)
 
     async def on_catalog(self, batch: Sequence[Incoming]) -> None:
-        self._catalog_busy_until = time.monotonic() + CATALOG_QUIET_S
+        # Busy for the whole batch (encoding 500 items takes seconds on a CPU) and a while after.
+        self._catalog_busy_until = math.inf
+        try:
+            await self._index_catalog(batch)
+        finally:
+            self._catalog_busy_until = time.monotonic() + CATALOG_QUIET_S
+
+    async def _index_catalog(self, batch: Sequence[Incoming]) -> None:
         events = await self._parse(batch, CatalogItem)
         if not events:
             return
@@ -288,7 +296,6 @@ class Pipeline:
         self.store.upsert_items(points)
         self.metrics.events.labels("catalog.items", "ok").inc(len(points))
         self.metrics.items_indexed.set(len(self.index))
-        self._catalog_busy_until = time.monotonic() + CATALOG_QUIET_S
 
 
 def _scenes_of(event: BaseModel) -> list[str]:

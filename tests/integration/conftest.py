@@ -1,4 +1,4 @@
-"""Real services for the integration tests, started once per test session.
+"""Real services for the integration tests, started once per test module that uses them.
 
 Where they come from, in order (the choice is logged):
 1. ``KAFKA_BOOTSTRAP`` / ``QDRANT_URL`` set: an existing cluster is used as it is;
@@ -95,7 +95,7 @@ def _qdrant(stack: ExitStack, env: dict[str, str], docker: bool) -> None:
         log.info("integration services: the embedded vector store (Qdrant Edge) in the worker")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     from deploy.ray_serve import start_serve, stop_serve
     from deploy.stack import encoder_config
