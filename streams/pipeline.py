@@ -68,6 +68,8 @@ class TextEncoder(Protocol):
 class Emitter(Protocol):
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None: ...
     async def dead_letter(self, key: str | None, letter: DeadLetter) -> None: ...
+    async def flush(self) -> None:
+        """Return once everything emitted so far (and state changelog writes) is durable."""
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,11 @@ class TableStates(MutableMapping[str, bytes]):
 
 
 class FaustEmitter:
+    async def flush(self) -> None:
+        # The table's changelog records go out through the same producer: flushing it
+        # before the batch is acked means no acknowledged event's effect is only in memory.
+        await app.producer.flush()
+
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
         await recommendations_topic.send(key=user_id.encode(), value=orjson.dumps(payload))
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -31,3 +34,32 @@ class InProcessEncoder:
 @pytest.fixture
 def in_process_encoder() -> InProcessEncoder:
     return InProcessEncoder()
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def service_mode() -> str:
+    """Where the integration tests get Kafka and Qdrant from (see tests/integration)."""
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        return "existing"
+    return "testcontainers" if docker_answers() else "local"
+
+
+def pytest_report_header() -> str:
+    mode = service_mode()
+    why = {
+        "existing": f"KAFKA_BOOTSTRAP={os.environ.get('KAFKA_BOOTSTRAP')}",
+        "testcontainers": "a Docker engine answers",
+        "local": "no Docker engine answers: the project's own Kafka, Ray Serve and worker",
+    }[mode]
+    qdrant = os.environ.get("QDRANT_URL") or (
+        "testcontainers" if mode == "testcontainers" else "embedded Qdrant Edge"
+    )
+    return f"integration services: {mode} ({why}); vector store: {qdrant}"

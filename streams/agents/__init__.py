@@ -38,6 +38,11 @@ async def consume(
 ) -> None:
     """Batches off ``stream`` into ``handler``; a batch is acked only once handled.
 
+    Acked means: state written to the table, its changelog records, recommendations and
+    dead letters all flushed to Kafka (``emitter.flush``), so a worker that dies after the
+    ack loses nothing; one that dies before it sees the batch again, and the per-user
+    ``event_id`` record makes the replay a no-op.
+
     A batch that keeps failing (encoder or store down past its retries) is not dropped:
     every message of it goes to the dead-letter topic with the error as reason.
     """
@@ -49,6 +54,7 @@ async def consume(
         for attempt in range(1, RETRIES + 1):
             try:
                 await handler(pipe, batch)
+                await pipe.emitter.flush()
                 break
             except Exception as exc:
                 log.exception("batch of %d from %s failed (attempt %d)", len(batch), topic, attempt)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
@@ -27,6 +25,7 @@ import pytest
 
 from scenerec.config import Settings
 from scenerec.kafka import consumer, ensure_topics, producer
+from tests.conftest import service_mode
 
 log = logging.getLogger("scenerec.tests")
 
@@ -37,15 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 @dataclass(frozen=True)
@@ -60,10 +50,11 @@ class Services:
 
 
 def _kafka(stack: ExitStack, var: Path, env: dict[str, str]) -> str:
-    if os.environ.get("KAFKA_BOOTSTRAP"):
+    mode = service_mode()
+    if mode == "existing":
         log.info("integration services: existing Kafka at %s", os.environ["KAFKA_BOOTSTRAP"])
-        return "existing"
-    if docker_answers():
+        return mode
+    if mode == "testcontainers":
         from testcontainers.kafka import KafkaContainer
 
         kafka = stack.enter_context(KafkaContainer("apache/kafka:4.1.1").with_kraft())

@@ -58,12 +58,16 @@ class Collect:
     def __init__(self) -> None:
         self.recs: list[dict[str, Any]] = []
         self.dlq: list[DeadLetter] = []
+        self.flushes = 0
 
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
         self.recs.append(payload)
 
     async def dead_letter(self, key: str | None, letter: DeadLetter) -> None:
         self.dlq.append(letter)
+
+    async def flush(self) -> None:
+        self.flushes += 1
 
 
 @pytest.fixture
@@ -186,3 +190,4 @@ async def test_bad_events_go_to_dlq_and_good_ones_still_apply(pipe: Pipeline) ->
     assert reasons == ["missing_field", "not_json", "unknown_item", "unknown_scene"]
     assert all(d.topic and d.offset >= 0 for d in out.dlq)
     assert out.recs[0]["trigger_event_id"] == "g"
+    assert out.flushes >= 1  # the batch was flushed before it was acked
