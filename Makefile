@@ -22,15 +22,18 @@ $(STAMP): requirements.lock
 	$(BIN)/pip install -q -r requirements.lock
 	touch $(STAMP)
 
+# The venv holds the dependencies only; the code runs from this checkout, so several clones
+# can share one cached venv.
+export PYTHONPATH := $(CURDIR)
+
 install: $(STAMP)
-	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . >/dev/null
 	@echo ">> python environment ready: $(VENV)"
 
 kafka: install
 	$(BIN)/python -m deploy.kafka_local install
 
 demo: install kafka
-	$(BIN)/scenerec demo $(DEMO_ARGS)
+	$(BIN)/python -m scenerec.cli demo $(DEMO_ARGS)
 
 test: install kafka
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -43,7 +46,7 @@ lint: install
 	$(BIN)/mypy
 
 down: install
-	$(BIN)/scenerec down
+	$(BIN)/python -m scenerec.cli down
 
 # Re-pin requirements.lock from the current environment (after changing pyproject.toml).
 lock: install

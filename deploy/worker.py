@@ -15,6 +15,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: Workers this process started, kept so that stop_worker can reap them (and so that a
+#: Popen for a process that outlives the call is not garbage-collected while running).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class WorkerError(Exception):
     """The worker did not start or stop as asked."""
@@ -80,6 +84,7 @@ def start_worker(
             cwd=Path(__file__).resolve().parent.parent,
         )
     pid_file.write_text(str(proc.pid))
+    _children[proc.pid] = proc
     log.info("worker starting (pid %d), log %s", proc.pid, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -107,20 +112,33 @@ def stop_worker(
         pid_file.unlink(missing_ok=True)
         return
     os.killpg(pid, sig)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid(pid_file) is not None:
-        time.sleep(0.2)
-        _reap(pid)
-    if _pid(pid_file) is not None:
+    if not _wait_gone(pid, timeout_s):
         log.warning("worker %d did not stop in %.0fs: killing it", pid, timeout_s)
         os.killpg(pid, signal.SIGKILL)
-        _reap(pid)
+        _wait_gone(pid, 10.0)
     pid_file.unlink(missing_ok=True)
     log.info("worker stopped")
 
 
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pid)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def _reap(pid: int) -> None:
     # The worker is our child when this process started it: collect it so it is not a zombie.
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _children[pid]
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
