@@ -11,9 +11,10 @@ VENV ?= $(HOME)/.cache/scenerec/venv-$(LOCK_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.scenerec-installed
 DEMO_ARGS ?=
+EVAL_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install kafka demo test unit lint lock down clean
+.PHONY: install kafka demo test unit eval lint lock down clean
 
 $(STAMP): requirements.lock
 	@echo ">> creating $(VENV) from requirements.lock (cached for later runs)"
@@ -37,6 +38,10 @@ demo: install kafka
 
 test: install kafka
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Offline quality harness (protocols A, B, C of ../shared/EVALUATION.md) -> results/eval.json
+eval: install
+	$(BIN)/python -m evaluation.cli $(EVAL_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)

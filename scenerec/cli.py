@@ -135,6 +135,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.cli import main as evaluate
+
+    extra = list(args.harness_args)
+    return evaluate(extra[1:] if extra[:1] == ["--"] else extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scenerec",
@@ -177,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
     s.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser(
+        "evaluate",
+        help="offline quality harness (EVALUATION.md protocols A, B, C); "
+        "`scenerec evaluate -- --help` for its options",
+    )
+    s.add_argument("harness_args", nargs=argparse.REMAINDER, help="options of the harness")
+    s.set_defaults(func=cmd_evaluate)
     return p
 
 

@@ -1,0 +1,141 @@
+"""Results -> tables on the terminal, ``results/eval.json``, and the recommendation dump.
+
+``eval.json`` is shaped ``{protocol: {system: {metric: value}}}`` with protocol keys
+``frozen``, ``online`` and ``cold_start``; every metric ``m`` comes with ``m_lo`` and
+``m_hi`` (its 95% bootstrap interval over users). Cold-start metrics are pooled over the
+users' 1st-10th events, and per bucket as ``m[1st]``, ``m[2nd-3rd]``, ``m[4th-10th]``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from evaluation.metrics import HIT, METRICS, MRR, NDCG, RECALL, Estimate
+
+PROTOCOL_KEYS = ("frozen", "online", "cold_start")
+TITLES = {
+    "frozen": "Protocol A: frozen after train, all items ranked, 166 test users",
+    "online": "Protocol B: prequential over the 10,000 test events (valid replayed first)",
+    "cold_start": "Protocol C: users first seen after train, NDCG@10 / Hit@10 by their event",
+}
+
+
+@dataclass
+class SystemResult:
+    """One system on one protocol: metric estimates plus list statistics."""
+
+    estimates: dict[str, Estimate]
+    extra: dict[str, float] = field(default_factory=dict)
+    #: Cold start only: bucket label -> estimates.
+    buckets: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+
+
+Results = dict[str, dict[str, SystemResult]]
+
+
+def to_json(results: Results) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for protocol, systems in results.items():
+        out[protocol] = {}
+        for name, res in systems.items():
+            row: dict[str, float] = {}
+            _put(row, res.estimates, "")
+            for label, est in res.buckets.items():
+                _put(row, est, f"[{label}]")
+            any_est = next(iter(res.estimates.values()), None)
+            if any_est is not None:
+                row["n_users"] = float(any_est.n_users)
+                row["n_events"] = float(any_est.n_events)
+            row.update(res.extra)
+            out[protocol][name] = row
+    return out
+
+
+def _put(row: dict[str, float], estimates: Mapping[str, Estimate], suffix: str) -> None:
+    for m in METRICS:
+        est = estimates.get(m)
+        if est is None:
+            continue
+        row[f"{m}{suffix}"] = round(est.mean, 6)
+        row[f"{m}_lo{suffix}"] = round(est.low, 6)
+        row[f"{m}_hi{suffix}"] = round(est.high, 6)
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def print_tables(results: Results, console: Console | None = None) -> None:
+    # Rich wraps at 80 columns when stdout is not a terminal; these tables need ~150.
+    console = console or Console(width=max(Console().width, 160), soft_wrap=False)
+    for protocol in PROTOCOL_KEYS:
+        systems = results.get(protocol)
+        if systems:
+            console.print(_table(protocol, systems))
+
+
+def _table(protocol: str, systems: Mapping[str, SystemResult]) -> Table:
+    table = Table(title=TITLES[protocol], title_justify="left")
+    table.add_column("system")
+    if protocol == "cold_start":
+        labels = list(next(iter(systems.values())).buckets)
+        for label in labels:
+            n = next(iter(systems.values())).buckets[label][NDCG].n_events
+            table.add_column(f"{label} NDCG@10 (n={n})", justify="right")
+            table.add_column(f"{label} Hit@10", justify="right")
+        for name, res in systems.items():
+            cells = []
+            for label in labels:
+                cells += [res.buckets[label][NDCG].fmt(), f"{res.buckets[label][HIT].mean:.4f}"]
+            table.add_row(name, *cells)
+        return table
+    metrics = (HIT, NDCG, RECALL, MRR) if protocol == "frozen" else (HIT, NDCG, MRR)
+    for m in metrics:
+        table.add_column(m, justify="right")
+    table.add_column("cov@10", justify="right")
+    table.add_column("ILD", justify="right")
+    for name, res in systems.items():
+        table.add_row(
+            name,
+            *(res.estimates[m].fmt() for m in metrics),
+            f"{res.extra.get('coverage@10', float('nan')):.3f}",
+            f"{res.extra.get('diversity@10', float('nan')):.3f}",
+        )
+    return table
+
+
+def dump_recs(fh: IO[str], lines: Iterable[Mapping[str, Any]]) -> int:
+    """JSON lines: protocol, system, user, event index (or null), ranked item ids."""
+    n = 0
+    for line in lines:
+        fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+        n += 1
+    return n
+
+
+def dump_line(
+    protocol: str,
+    system: str,
+    user: str,
+    items: Sequence[str],
+    event: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "protocol": protocol,
+        "system": system,
+        "user": user,
+        "event": event,
+        "items": list(items),
+        **extra,
+    }

@@ -1,0 +1,161 @@
+"""SceneRec under the harness's contract, built from the streaming worker's model code.
+
+Item vectors are the worker's: encoder text vector fused with the hashed KG embedding
+(``fuse_item``), stored in an ``ItemIndex``. Each user is a ``UserState`` updated by
+``apply_item`` on every click, seeded from the profile text by ``apply_profile``. The
+score of item ``i`` for user ``u`` blends three per-item components:
+
+* ``popularity``: log recency-decayed click counts (``embeddings.popularity``), what is
+  popular *now*, the prior every user starts from;
+* ``transitions``: log of the next-item mass from the user's last items, or, for a user
+  with no events yet, from the start row (what new users start with lately)
+  (``embeddings.transitions``);
+* ``similarity``: ``(u ⊙ s) · i`` with the user's global vector (the profile vector for a
+  user not seen clicking yet) and the global scene gate, exactly the worker's ranking score;
+* ``cooccurrence``: log of the item-item cosine mass from everything the user had
+  (``embeddings.cooccurrence``), taste once a few events are known.
+
+The blend weights depend on the user's tenure (``embeddings.blend.TenureBlend``); they and
+the decay constants are chosen on the valid split only (``evaluation.tuning``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from embeddings.blend import TenureBlend
+from embeddings.cooccurrence import CoOccurrence
+from embeddings.popularity import DecayedPopularity
+from embeddings.ranking import GLOBAL, ItemIndex
+from embeddings.scenes import SceneGates
+from embeddings.transitions import TransitionCounts
+from embeddings.user_model import UserState
+from evaluation.baselines import DAY_S, Recommender
+from evaluation.data import Catalog, Event
+
+FloatArray = npt.NDArray[np.float64]
+Vector = npt.NDArray[np.float32]
+
+COMPONENTS = ("popularity", "transitions", "similarity", "cooccurrence")
+
+
+@dataclass(frozen=True)
+class SceneRecConfig:
+    half_life_days: float = 14.0
+    start_half_life_days: float = 14.0
+    #: Transition counting: how many earlier items a click is credited to, and how fast
+    #: the credit falls with distance.
+    window: int = 5
+    step_decay: float = 0.7
+    #: Transition scoring: how many recent items query the counts, and their decay.
+    recent: int = 5
+    recency_decay: float = 0.6
+    use_profiles: bool = True
+    blend: TenureBlend = field(default_factory=lambda: TenureBlend.uniform((1.0, 2.0, 2.0, 1.0)))
+
+    def label(self) -> str:
+        return (
+            f"hl={self.half_life_days:g}d start={self.start_half_life_days:g}d "
+            f"win={self.window} recent={self.recent}"
+        )
+
+    def with_blend(self, blend: TenureBlend) -> SceneRecConfig:
+        return replace(self, blend=blend)
+
+
+class SceneRec(Recommender):
+    name = "scenerec"
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        item_vectors: npt.NDArray[np.float32],
+        profiles: Mapping[str, Vector],
+        config: SceneRecConfig | None = None,
+    ) -> None:
+        super().__init__(catalog)
+        if item_vectors.shape[0] != len(catalog):
+            raise ValueError("one item vector per catalog row is needed")
+        self.config = config or SceneRecConfig()
+        dim = int(item_vectors.shape[1])
+        self.index = ItemIndex(dim)
+        for row, item in enumerate(catalog.items):
+            self.index.upsert(item.id, item_vectors[row], item.scenes, item.title)
+        # Ranking needs every item's score, not a top-k; ItemIndex.rank only returns the
+        # top-k, so the same vectors are also kept as one matrix in catalog row order.
+        self._mat = np.stack([self._vector(i) for i in catalog.ids]).astype(np.float32)
+        self.gates = SceneGates(dim)
+        self._profiles = profiles if self.config.use_profiles else {}
+        n = len(catalog)
+        self.popularity = DecayedPopularity(n, self.config.half_life_days * DAY_S)
+        self.transitions = TransitionCounts(
+            n,
+            window=self.config.window,
+            step_decay=self.config.step_decay,
+            start_half_life_s=self.config.start_half_life_days * DAY_S,
+        )
+        self.cooccurrence = CoOccurrence(n)
+        self._states: dict[str, UserState] = {}
+
+    def _vector(self, item_id: str) -> Vector:
+        vec = self.index.vector(item_id)
+        if vec is None:  # pragma: no cover - every catalog item was just upserted
+            raise KeyError(item_id)
+        return vec
+
+    def _new_state(self, user: str) -> UserState:
+        state = UserState()
+        profile = self._profiles.get(user)
+        if profile is not None:
+            state.apply_profile(profile)
+        return state
+
+    def state(self, user: str) -> UserState:
+        state = self._states.get(user)
+        if state is None:
+            state = self._states[user] = self._new_state(user)
+        return state
+
+    def n_events(self, user: str) -> int:
+        state = self._states.get(user)
+        return 0 if state is None else state.n_events
+
+    def fit(self, train: Sequence[Event]) -> None:
+        # A streaming model learns from train exactly as it learns online: event by event.
+        for event in train:
+            self.update(event)
+
+    def update(self, event: Event) -> None:
+        if event.item not in self.catalog:
+            return
+        row = self.catalog.row(event.item)
+        state = self.state(event.user)
+        history = [self.catalog.row(i) for i in state.recent]
+        self.transitions.add(history, row, event.timestamp)
+        if event.item not in state.seen:  # co-occurrence is over distinct items
+            self.cooccurrence.add([self.catalog.row(i) for i in state.seen], row)
+        self.popularity.add(row, event.timestamp)
+        self.index.count_click(event.item)
+        # Event weights (lastfm listening counts) are not click strengths: every click counts 1.
+        state.apply_item(event.item, self._mat[row], event.scene)
+
+    def components(self, user: str) -> FloatArray:
+        """``(len(COMPONENTS), n_items)`` features of every item for ``user``."""
+        state = self._states.get(user) or self._new_state(user)
+        cfg = self.config
+        history = [self.catalog.row(i) for i in state.recent]
+        trans = self.transitions.scores(history, cfg.recent, cfg.recency_decay)
+        if state.global_vec is None:
+            sim = np.zeros(len(self.catalog), dtype=np.float64)
+        else:
+            query = self.gates.apply(GLOBAL, state.global_vec)
+            sim = (self._mat @ query).astype(np.float64)
+        cooc = self.cooccurrence.scores([self.catalog.row(i) for i in state.seen])
+        return np.stack([self.popularity.log_scores(), np.log1p(trans), sim, np.log1p(cooc)])
+
+    def score(self, user: str) -> FloatArray:
+        return self.config.blend.score(self.components(user), self.n_events(user))
