@@ -40,6 +40,17 @@ class DecayedPopularity:
         # An event older than ``now`` (out-of-order delivery) counts at its decayed weight.
         self._counts[row] += weight * math.exp(-self._rate * (self._now - timestamp))
 
+    def grow(self, n_items: int) -> None:
+        """Make room for ``n_items`` (a catalog that grows while the stream runs)."""
+        if n_items > self._counts.shape[0]:
+            grown = np.zeros(n_items, dtype=np.float64)
+            grown[: self._counts.shape[0]] = self._counts
+            self._counts = grown
+
+    def set(self, row: int, count: float) -> None:
+        """Seed a count (e.g. a popularity read back from the vector store)."""
+        self._counts[row] = count
+
     def counts(self) -> FloatArray:
         """Decayed counts as of :attr:`now` (a view: do not modify)."""
         return self._counts

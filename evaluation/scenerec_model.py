@@ -139,7 +139,7 @@ class SceneRec(Recommender):
         if event.item not in state.seen:  # co-occurrence is over distinct items
             self.cooccurrence.add([self.catalog.row(i) for i in state.seen], row)
         self.popularity.add(row, event.timestamp)
-        self.index.count_click(event.item)
+        self.index.count_click(event.item, event.timestamp)
         # Event weights (lastfm listening counts) are not click strengths: every click counts 1.
         state.apply_item(event.item, self._mat[row], event.scene)
 

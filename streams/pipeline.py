@@ -233,7 +233,7 @@ class Pipeline:
             if vec is None:
                 raise BadEvent("unknown_item", f"item {e.item_id!r} is not in the catalog")
             state.apply_item(e.item_id, vec, e.scene, click_weight(e.dwell_ms))
-            self.index.count_click(e.item_id)
+            self.index.count_click(e.item_id, e.ts)
 
         await self._apply_per_user("events.click", events, lambda e: e.user_id, apply)
 
@@ -248,6 +248,7 @@ class Pipeline:
                 raise BadEvent("unknown_item", f"item {e.item_id!r} is not in the catalog")
             assert texts is not None
             state.apply_comment(e.item_id, vec, texts[i], e.scene)
+            self.index.count_click(e.item_id, e.ts)
 
         await self._apply_per_user("events.comment", events, lambda e: e.user_id, apply)
 

@@ -130,3 +130,29 @@ def test_state_codec_round_trip() -> None:
     assert back.already_applied("e1") and back.last_event_id == "e1"
     assert list(back.recent) == ["i0"] and "v" in back.following
     assert codec.loads(codec.dumps(UserState())).global_vec is None
+
+
+def test_popular_now_lifts_items_and_the_reason_says_so() -> None:
+    idx = index_with()
+    s = UserState()
+    s.apply_item("i0", unit(0), "a")
+    for _ in range(3):
+        idx.count_click("i3", ts=100.0)
+    recs = recommend(s, idx, SceneGates(DIM), k=3)
+    first = recs["global"][0]
+    assert first.item_id == "i3" and first.reason.startswith("popular now")
+
+
+def test_old_clicks_count_less_than_recent_ones() -> None:
+    idx = index_with()
+    idx.count_click("i1", ts=0.0)
+    idx.count_click("i1", ts=0.0)
+    idx.count_click("i2", ts=30 * 86_400.0)  # a month later, after four half-lives
+    assert idx.popularity("i2") > idx.popularity("i1")
+    ranked = idx.rank(None, k=2)
+    assert [r.item_id for r in ranked] == ["i2", "i1"]
+
+
+def test_equal_scores_rank_in_a_stable_order() -> None:
+    idx = index_with()
+    assert [r.item_id for r in idx.rank(None, k=6)] == [f"i{i}" for i in range(6)]
