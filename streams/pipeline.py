@@ -59,6 +59,7 @@ class Incoming:
     topic: str
     partition: int
     offset: int
+    key: bytes | None = None
 
 
 class TextEncoder(Protocol):
@@ -147,7 +148,9 @@ class Pipeline:
         )
         self.metrics.events.labels(msg.topic, "dlq").inc()
         self.metrics.dlq.labels(exc.reason).inc()
-        await self.emitter.dead_letter(None, letter)
+        # Keyed like the original (the user, or the item) so a user's dead letters stay together.
+        key = msg.key.decode("utf-8", errors="replace") if msg.key else None
+        await self.emitter.dead_letter(key, letter)
 
     async def _encode(self, texts: Sequence[str]) -> Matrix:
         self.metrics.encoder_batch_size.observe(len(texts))

@@ -24,7 +24,10 @@ RETRIES = 3
 def incoming(event: faust.EventT[bytes]) -> Incoming:
     msg = event.message
     value = event.value if isinstance(event.value, bytes) or event.value is None else msg.value
-    return Incoming(value=value, topic=msg.topic, partition=msg.partition, offset=msg.offset)
+    key = msg.key if isinstance(msg.key, bytes) else None
+    return Incoming(
+        value=value, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=key
+    )
 
 
 async def consume(

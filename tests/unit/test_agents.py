@@ -58,6 +58,7 @@ class Collect:
     def __init__(self) -> None:
         self.recs: list[dict[str, Any]] = []
         self.dlq: list[DeadLetter] = []
+        self.dlq_keys: list[str | None] = []
         self.flushes = 0
 
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
@@ -65,6 +66,7 @@ class Collect:
 
     async def dead_letter(self, key: str | None, letter: DeadLetter) -> None:
         self.dlq.append(letter)
+        self.dlq_keys.append(key)
 
     async def flush(self) -> None:
         self.flushes += 1
@@ -189,5 +191,6 @@ async def test_bad_events_go_to_dlq_and_good_ones_still_apply(pipe: Pipeline) ->
     reasons = sorted(d.reason for d in out.dlq)
     assert reasons == ["missing_field", "not_json", "unknown_item", "unknown_scene"]
     assert all(d.topic and d.offset >= 0 for d in out.dlq)
+    assert out.dlq_keys == ["k"] * 4  # keyed like the original message
     assert out.recs[0]["trigger_event_id"] == "g"
     assert out.flushes >= 1  # the batch was flushed before it was acked
