@@ -89,7 +89,10 @@ users_table = app.Table(
 @app.page("/metrics")
 class MetricsView(View):
     async def get(self, request: Request) -> Response:
-        return self.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        # As a header: aiohttp refuses a content_type argument that carries a charset.
+        return self.bytes(
+            generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
 
 # Registration side effects: the runtime service and one agent per input topic.

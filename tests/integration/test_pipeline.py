@@ -233,3 +233,41 @@ async def test_malformed_events_go_to_dlq_while_good_ones_are_processed(
     assert good_after["event_id"] in triggers
     state = get_json(f"{services.worker_url}/users/{user}/state")[1]
     assert state["n_events"] == 2
+
+
+def scrape(services: Services) -> dict[str, float]:
+    """The worker's /metrics, parsed into ``{'name{labels}': value}``."""
+    with urllib.request.urlopen(f"{services.worker_url}/metrics", timeout=5) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+async def test_metrics_exist_and_move(
+    services: Services, bus: Bus, catalog: dict[str, dict[str, Any]]
+) -> None:
+    ok = 'scenerec_events_total{outcome="ok",topic="events.click"}'
+    dlq = 'scenerec_dlq_total{reason="not_json"}'
+    before = scrape(services)
+    assert before["scenerec_items_indexed"] >= N_ITEMS
+    assert "scenerec_encoder_batch_size_count" in before  # the catalog went through it
+    user = uid()
+    await bus.send("events.click", user, click(user, "7", catalog["7"]["scenes"][0]))
+    await bus.send("events.click", user, b"{not json")
+    await wait_for(lambda: scrape(services).get(dlq, 0) > before.get(dlq, 0))
+    await wait_for(lambda: scrape(services).get(ok, 0) > before.get(ok, 0))
+    after = scrape(services)
+    assert after["scenerec_recommendations_total"] > before["scenerec_recommendations_total"]
+    hist = 'scenerec_processing_seconds_count{topic="events.click"}'
+    assert after[hist] > before.get(hist, 0)
+    # the lag gauge is set every 5 s for each partition the worker owns
+    await wait_for(
+        lambda: any(k.startswith("scenerec_consumer_lag_messages{") for k in scrape(services)),
+        timeout_s=15,
+    )
