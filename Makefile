@@ -12,9 +12,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.scenerec-installed
 DEMO_ARGS ?=
 EVAL_ARGS ?=
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install kafka demo test unit eval lint lock down clean
+.PHONY: install kafka demo test unit eval bench lint lock down clean
 
 $(STAMP): requirements.lock
 	@echo ">> creating $(VENV) from requirements.lock (cached for later runs)"
@@ -42,6 +43,10 @@ test: install kafka
 # Offline quality harness (protocols A, B, C of ../shared/EVALUATION.md) -> results/eval.json
 eval: install
 	$(BIN)/python -m evaluation.cli $(EVAL_ARGS)
+
+# Pipeline benchmark on the real stack (own ports and temp dir) -> results/bench.json
+bench: install kafka
+	$(BIN)/python -m bench.pipeline_bench $(BENCH_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
