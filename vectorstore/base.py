@@ -44,6 +44,7 @@ __all__ = [
     "VectorStore",
     "VectorStoreError",
     "as_vector",
+    "check_vector_dim",
     "point_id",
     "validate_scenes",
 ]
@@ -111,6 +112,22 @@ def validate_scenes(scenes: Sequence[str]) -> tuple[str, ...]:
     if len(set(out)) != len(out):
         raise ValueError(f"duplicate scene names in {out!r}")
     return out
+
+
+def check_vector_dim(
+    vec: Vector, schema: Mapping[str, int], collection: str, vector: str, what: str
+) -> None:
+    """Raise unless ``schema`` (vector name -> dimension) has ``vector`` at ``vec``'s size."""
+    expected = schema.get(vector)
+    if expected is None:
+        raise SchemaError(
+            f"{what}: collection {collection!r} has no vector {vector!r}"
+            f" (has {sorted(schema)}); add the scene with ensure_collections"
+        )
+    if vec.shape[0] != expected:
+        raise DimensionMismatchError(
+            f"{what} has dimension {vec.shape[0]}, collection {collection!r} expects {expected}"
+        )
 
 
 @dataclass(frozen=True, eq=False)

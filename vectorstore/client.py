@@ -40,6 +40,7 @@ from vectorstore.base import (
     VectorStore,
     VectorStoreError,
     as_vector,
+    check_vector_dim,
     point_id,
     validate_scenes,
 )
@@ -238,17 +239,7 @@ class QdrantClientStore(VectorStore):
         schema = self._schema(name)
         if vector not in schema:
             schema = self._schema(name, refresh=True)  # another process may have added it
-        expected = schema.get(vector)
-        if expected is None:
-            raise SchemaError(
-                f"{what}: collection {self._names[name]!r} has no vector {vector!r}"
-                f" (has {sorted(schema)}); add the scene with ensure_collections"
-            )
-        if vec.shape[0] != expected:
-            raise DimensionMismatchError(
-                f"{what} has dimension {vec.shape[0]},"
-                f" collection {self._names[name]!r} expects {expected}"
-            )
+        check_vector_dim(vec, schema, self._names[name], vector, what)
 
     # -- schema -----------------------------------------------------------------------------
 

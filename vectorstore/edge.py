@@ -55,6 +55,7 @@ from vectorstore.base import (
     VectorStore,
     VectorStoreError,
     as_vector,
+    check_vector_dim,
     point_id,
     validate_scenes,
 )
@@ -213,17 +214,7 @@ class EdgeVectorStore(VectorStore):
         return self._dir / name
 
     def _check_dim(self, vec: Vector, name: str, vector: str, what: str) -> None:
-        expected = self._vectors[name].get(vector)
-        if expected is None:
-            known = sorted(self._vectors[name])
-            raise SchemaError(
-                f"{what}: collection {name!r} has no vector {vector!r} (has {known});"
-                " add the scene with ensure_collections"
-            )
-        if vec.shape[0] != expected:
-            raise DimensionMismatchError(
-                f"{what} has dimension {vec.shape[0]}, collection {name!r} expects {expected}"
-            )
+        check_vector_dim(vec, self._vectors[name], name, vector, what)
 
     # -- schema -----------------------------------------------------------------------------
 
