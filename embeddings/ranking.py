@@ -120,6 +120,10 @@ class ItemIndex:
         row = self._row.get(item_id)
         return None if row is None else self._mat[row]
 
+    def vectors_of(self, item_ids: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Vectors of known ``item_ids``, one row each, in order."""
+        return self._mat[[self._row[i] for i in item_ids]]
+
     def title(self, item_id: str) -> str:
         return self._titles[self._row[item_id]]
 
@@ -137,12 +141,18 @@ class ItemIndex:
             now = self._pop.now
             self._pop.add(row, ts if ts is not None else (now if now is not None else 0.0))
 
+    def rows(self, item_ids: Iterable[str]) -> npt.NDArray[np.intp]:
+        """Rows of the known ``item_ids`` (unknown ids are skipped)."""
+        return np.fromiter(
+            (r for i in item_ids if (r := self._row.get(i)) is not None), dtype=np.intp
+        )
+
     def rank(
         self,
         query: Vector | None,
         k: int,
         scene: str | None = None,
-        exclude: Iterable[str] = (),
+        exclude_rows: npt.NDArray[np.intp] | None = None,
         sim_weight: float = SIM_WEIGHT,
     ) -> list[Ranked]:
         """Top ``k`` by ``log pop_now + sim_weight * query · i`` (popularity alone if no query).
@@ -162,9 +172,8 @@ class ItemIndex:
         valid = np.ones(n, dtype=np.bool_)
         if scene is not None:
             valid &= self._scene_mask(scene)[:n]
-        rows = [self._row[i] for i in exclude if i in self._row]
-        if rows:
-            valid[rows] = False
+        if exclude_rows is not None and exclude_rows.size:
+            valid[exclude_rows] = False
         cand = np.flatnonzero(valid)
         if cand.size == 0:
             return []
@@ -189,20 +198,37 @@ def recommend(
 ) -> dict[str, list[Scored]]:
     """Top-k for the global feed and for every scene the user is active in."""
     out: dict[str, list[Scored]] = {}
+    # Per user, not per scene: the seen rows and the recent items' vectors (for reasons).
+    seen_rows = index.rows(state.seen)
+    recent = [i for i in state.recent if i in index]
+    history = History(recent, index.vectors_of(recent)) if recent else None
     scenes: list[str | None] = [None, *state.active_scenes]
     for scene in scenes:
         user_vec = state.global_vec if scene is None else state.scene_vector(scene)
         query = None if user_vec is None else gates.apply(scene or GLOBAL, user_vec)
-        ranked = index.rank(query, k, scene=scene, exclude=state.seen)
+        ranked = index.rank(query, k, scene=scene, exclude_rows=seen_rows)
         out[scene or GLOBAL] = [
-            Scored(r.item_id, r.score, explain(state, index, r, scene or GLOBAL, user_vec))
+            Scored(r.item_id, r.score, explain(state, index, r, scene or GLOBAL, user_vec, history))
             for r in ranked
         ]
     return out
 
 
+@dataclass(frozen=True)
+class History:
+    """A user's recent items that are in the index, and their vectors (one row each)."""
+
+    item_ids: list[str]
+    vectors: npt.NDArray[np.float32]
+
+
 def explain(
-    state: UserState, index: ItemIndex, ranked: Ranked, scene: str, user_vec: Vector | None
+    state: UserState,
+    index: ItemIndex,
+    ranked: Ranked,
+    scene: str,
+    user_vec: Vector | None,
+    history: History | None,
 ) -> str:
     """Name what lifted the item most: popularity now, or the user's own history/profile.
 
@@ -216,13 +242,10 @@ def explain(
         return f"popular now {where} ({index.popularity(item_id):.1f} recent clicks)"
     cand = index.vector(item_id)
     best: tuple[float, str] | None = None
-    if cand is not None:
-        for recent in state.recent:
-            vec = index.vector(recent)
-            if vec is not None:
-                sim = float(vec @ cand)
-                if best is None or sim > best[0]:
-                    best = (sim, recent)
+    if cand is not None and history is not None:
+        sims = history.vectors @ cand
+        j = int(np.argmax(sims))  # the first of equal maxima, in recency order
+        best = (float(sims[j]), history.item_ids[j])
     profile_sim = (
         float(state.profile_vec @ cand)
         if state.profile_vec is not None and cand is not None
