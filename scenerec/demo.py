@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console, Group
 from rich.live import Live
@@ -102,35 +102,36 @@ async def _watch_recs(settings: Settings, state: DemoState, stop: asyncio.Event)
         await cons.stop()
 
 
-async def consumer_lag(settings: Settings, admin: AIOKafkaAdminClient) -> int:
+async def consumer_lag(
+    settings: Settings, admin: AIOKafkaAdminClient, cons: AIOKafkaConsumer
+) -> int:
     """Messages the worker's consumer group has not committed yet, over the input topics."""
     committed = await admin.list_consumer_group_offsets(settings.app_id)
-    cons = consumer(settings)
-    await cons.start()
-    try:
-        tps = [
-            TopicPartition(settings.topic(t), p)
-            for t in INPUT_TOPICS
-            for p in range(settings.partitions)
-        ]
-        ends = await cons.end_offsets(tps)
-    finally:
-        await cons.stop()
+    tps = [
+        TopicPartition(settings.topic(t), p)
+        for t in INPUT_TOPICS
+        for p in range(settings.partitions)
+    ]
+    ends = await cons.end_offsets(tps)
     return sum(
         max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items()
     )
 
 
 async def _watch_lag(settings: Settings, state: DemoState, stop: asyncio.Event) -> None:
+    # One admin client and one (unsubscribed) consumer for the whole demo, not one per poll.
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    cons = consumer(settings)
     await admin.start()
+    await cons.start()
     try:
         while not stop.is_set():
             with contextlib.suppress(Exception):  # lag is informative; never stop the demo
-                state.lag = await consumer_lag(settings, admin)
+                state.lag = await consumer_lag(settings, admin, cons)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=2.0)
     finally:
+        await cons.stop()
         await admin.close()
 
 
