@@ -28,6 +28,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"stack up in {info.seconds:.1f}s")
     print(f"  kafka:   {info.bootstrap}")
     print(f"  encoder: {info.encoder_url}")
+    print(f"  api:     {info.api_url}docs")
     if not args.no_worker:
         print(f"  worker:  {info.worker_metrics_url}")
     return 0
@@ -42,6 +43,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker in the foreground (what ``faust -A streams.app worker`` does)."""
+    from scenerec.diskcheck import check_writable
+
+    settings = _settings()
+    check_writable(settings.var_dir, settings.min_free_mb)  # a clear error now, not mid-stream
     argv = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", args.loglevel]
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover - execv does not return
@@ -135,11 +140,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passed_on(extra: Sequence[str]) -> list[str]:
+    """Options after ``--`` belong to the wrapped tool."""
+    return list(extra[1:] if list(extra[:1]) == ["--"] else extra)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from evaluation.cli import main as evaluate
 
-    extra = list(args.harness_args)
-    return evaluate(extra[1:] if extra[:1] == ["--"] else extra)
+    return evaluate(_passed_on(args.harness_args))
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from scenerec.forget import forget
+
+    if forget(_settings(), args.user_id, wait_s=args.wait):
+        print(f"forgot {args.user_id!r}: state, vectors and recommendations erased")
+        return 0
+    print(
+        f"tombstone for {args.user_id!r} published; no worker confirmed within {args.wait:g}s "
+        "(it is applied when a worker consumes it)"
+    )
+    return 2
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.pipeline_bench import main as bench
+
+    return bench(_passed_on(args.bench_args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,13 +213,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
     s.set_defaults(func=cmd_demo)
 
+    # Wrappers: everything after the command (or after `--`) goes to the wrapped tool.
+    for name, what, func, dest in (
+        (
+            "evaluate",
+            "offline quality harness (EVALUATION.md protocols A, B, C)",
+            cmd_evaluate,
+            "harness_args",
+        ),
+        (
+            "bench",
+            "pipeline benchmark on a private stack -> results/bench.json",
+            cmd_bench,
+            "bench_args",
+        ),
+    ):
+        s = sub.add_parser(name, help=f"{what}; `scenerec {name} -- --help` for its options")
+        s.add_argument(dest, nargs=argparse.REMAINDER, help=f"options of the {name} tool")
+        s.set_defaults(func=func)
+
     s = sub.add_parser(
-        "evaluate",
-        help="offline quality harness (EVALUATION.md protocols A, B, C); "
-        "`scenerec evaluate -- --help` for its options",
+        "forget",
+        help="erase a user everywhere (state, vectors, recommendations) via a tombstone",
     )
-    s.add_argument("harness_args", nargs=argparse.REMAINDER, help="options of the harness")
-    s.set_defaults(func=cmd_evaluate)
+    s.add_argument("user_id", help="the user to forget")
+    s.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the worker")
+    s.set_defaults(func=cmd_forget)
     return p
 
 

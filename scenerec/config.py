@@ -8,6 +8,7 @@ arguments built from this object.
 
 from __future__ import annotations
 
+import ssl
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    # TLS: a private CA and, for mutual TLS, a client certificate and key (file paths).
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
     partitions: int = Field(default=4, ge=1, le=256)
     topic_prefix: str = ""
 
@@ -73,6 +79,8 @@ class Settings(BaseSettings):
         default=None, description="a running encoder route; unset = the project's Ray Serve app"
     )
     serve_port: int = 18000
+    #: Ray's Prometheus export (Ray's own metrics and the Serve apps' custom ones).
+    ray_metrics_port: int = 18080
     encoder_model_path: str | None = None
     encoder_device: str = "cpu"
     encoder_replicas: int = 1
@@ -81,6 +89,9 @@ class Settings(BaseSettings):
 
     # --- worker ----------------------------------------------------------------------------
     worker_web_port: int = 16066
+    worker_web_host: str = "127.0.0.1"
+    #: Where the pull API finds a worker (any worker: requests are routed to the owner).
+    worker_url: str | None = None
     app_id: str = "scenerec"
     # NoDecode: a comma-separated list in the environment, not JSON (see _split_scenes).
     scenes: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SCENES
@@ -90,6 +101,8 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.05, gt=0)
     unknown_item_wait_s: float = Field(default=30.0, ge=0)
+    min_free_mb: int = Field(default=100, ge=0, description="refuse to start below this")
+    max_future_s: float = Field(default=86400.0, gt=0, description="refuse later event times")
     model_version: str = "scenerec-0.1-mean"
 
     @field_validator("scenes", mode="before")
@@ -121,6 +134,26 @@ class Settings(BaseSettings):
     def bootstrap(self) -> str:
         """The Kafka bootstrap servers this process talks to."""
         return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def worker_base_url(self) -> str:
+        return self.worker_url or f"http://127.0.0.1:{self.worker_web_port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for Kafka when the security protocol uses SSL, else None."""
+        if not self.kafka_security_protocol.upper().endswith("SSL"):
+            return None
+        ctx = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile is not None:
+            password = self.kafka_ssl_key_password
+            ctx.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                password.get_secret_value() if password else None,
+            )
+        return ctx
 
     @property
     def encoder_base_url(self) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import ssl
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -24,7 +24,7 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     if protocol != "PLAINTEXT":
         kwargs["security_protocol"] = protocol
         if protocol.endswith("SSL"):
-            kwargs["ssl_context"] = ssl.create_default_context()
+            kwargs["ssl_context"] = settings.ssl_context()
         if protocol.startswith("SASL"):
             kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
             kwargs["sasl_plain_username"] = settings.kafka_sasl_username
@@ -65,3 +65,19 @@ async def ensure_topics(settings: Settings) -> list[str]:
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def assigned_partitions(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 120.0
+) -> list[TopicPartition]:
+    """Subscribe a group-less consumer to ``topic``: it is given every partition.
+
+    The topic may be created moments after the process starts, so this waits for it.
+    """
+    consumer.subscribe([topic])
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not consumer.assignment():
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"topic {topic!r} has no partitions after {timeout_s:.0f} s")
+        await asyncio.sleep(0.25)
+    return sorted(consumer.assignment())

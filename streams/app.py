@@ -6,7 +6,7 @@ app, its topics and its user-state table, and imports the agents so they registe
 
 from __future__ import annotations
 
-import ssl
+import socket
 from typing import Any
 
 import faust
@@ -27,7 +27,7 @@ def _credentials(s: Settings) -> Any:
     protocol = s.kafka_security_protocol.upper()
     if protocol == "PLAINTEXT":
         return None
-    ctx = ssl.create_default_context() if protocol.endswith("SSL") else None
+    ctx = s.ssl_context()
     if protocol.startswith("SASL"):
         password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None
         return SASLCredentials(
@@ -39,6 +39,13 @@ def _credentials(s: Settings) -> Any:
     return SSLCredentials(ctx)
 
 
+def _canonical_url(s: Settings) -> str:
+    host = s.worker_web_host
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: announce the host name
+        host = socket.gethostname()
+    return f"http://{host}:{s.worker_web_port}"
+
+
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.bootstrap}",
@@ -48,7 +55,9 @@ app = faust.App(
     key_serializer="raw",
     value_serializer="raw",
     consumer_auto_offset_reset="earliest",
-    web_host="127.0.0.1",
+    web_host=settings.worker_web_host,
+    # Where other workers reach this one when they route a user's request to its owner.
+    canonical_url=_canonical_url(settings),
     web_port=settings.worker_web_port,
     web_in_thread=False,
     producer_acks=-1,
@@ -95,6 +104,7 @@ class MetricsView(View):
         )
 
 
-# Registration side effects: the runtime service and one agent per input topic.
+# Registration side effects: the runtime service (which also reads the whole catalog on
+# every worker, see streams/catalog_reader.py) and one agent per partitioned input topic.
 from streams import runtime  # noqa: E402,F401
-from streams.agents import catalog, clicks, comments, profiles, social  # noqa: E402,F401
+from streams.agents import clicks, comments, profiles, social  # noqa: E402,F401

@@ -21,6 +21,10 @@ class WorkerMetrics:
     recommendations: Counter
     consumer_lag: Gauge
     items_indexed: Gauge
+    event_to_recommendation_seconds: Histogram
+    cold_start_seconds: Histogram
+    vectorstore_seconds: Histogram
+    forgotten: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -29,8 +33,9 @@ class WorkerMetrics:
             registry=reg,
             events=Counter(
                 "scenerec_events_total",
-                "Input events by topic and outcome (ok, duplicate, dlq)",
-                ["topic", "outcome"],
+                "Input events by topic, scene ('' where an event has none) and outcome"
+                " (ok, duplicate, dlq, forgotten)",
+                ["topic", "scene", "outcome"],
                 registry=reg,
             ),
             dlq=Counter(
@@ -71,5 +76,30 @@ class WorkerMetrics:
             ),
             items_indexed=Gauge(
                 "scenerec_items_indexed", "Items in the worker's ranking index", registry=reg
+            ),
+            event_to_recommendation_seconds=Histogram(
+                "scenerec_event_to_recommendation_seconds",
+                "From an event's Kafka timestamp to the recommendations reflecting it being sent",
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            cold_start_seconds=Histogram(
+                "scenerec_cold_start_seconds",
+                "From a new user's first event (profile or first click) to their first list",
+                ["trigger"],
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            vectorstore_seconds=Histogram(
+                "scenerec_vectorstore_call_seconds",
+                "Latency of one call to the vector store (Qdrant), by operation",
+                ["operation"],
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            forgotten=Counter(
+                "scenerec_users_forgotten_total",
+                "Users erased on request (a tombstone on users.profiles)",
+                registry=reg,
             ),
         )

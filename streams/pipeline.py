@@ -17,7 +17,8 @@ import base64
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -60,6 +61,8 @@ class Incoming:
     partition: int
     offset: int
     key: bytes | None = None
+    #: The Kafka message timestamp (seconds): when the event entered the bus.
+    timestamp: float | None = None
 
 
 class TextEncoder(Protocol):
@@ -69,6 +72,9 @@ class TextEncoder(Protocol):
 class Emitter(Protocol):
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None: ...
     async def dead_letter(self, key: str | None, letter: DeadLetter) -> None: ...
+    async def forget(self, user_id: str) -> None:
+        """Erase the user's stored recommendations (a tombstone on the recommendations topic)."""
+
     async def flush(self) -> None:
         """Return once everything emitted so far (and state changelog writes) is durable."""
 
@@ -81,6 +87,9 @@ class PipelineConfig:
     max_event_bytes: int = 65536
     unknown_item_wait_s: float = 30.0
     model_version: str = "scenerec-0.1-mean"
+    #: Event times further ahead of this host's clock are refused: one bad clock would
+    #: otherwise decay every other item's popularity to nothing.
+    max_future_s: float = 86400.0
 
 
 @dataclass
@@ -118,6 +127,12 @@ class Pipeline:
             max_bytes=self.config.max_event_bytes,
             max_text_chars=self.config.max_text_chars,
         )
+        ts = getattr(event, "ts", None)
+        if isinstance(ts, float) and ts > time.time() + self.config.max_future_s:
+            raise BadEvent(
+                "future_timestamp",
+                f"ts {ts:.0f} is more than {self.config.max_future_s:.0f} s in the future",
+            )
         for scene in _scenes_of(event):
             if scene not in self._scenes:
                 raise BadEvent(
@@ -146,7 +161,7 @@ class Pipeline:
         log.warning(
             "dead-letter %s[%d]@%d: %s (%s)", msg.topic, msg.partition, msg.offset, exc, exc.reason
         )
-        self.metrics.events.labels(msg.topic, "dlq").inc()
+        self.metrics.events.labels(msg.topic, "", "dlq").inc()
         self.metrics.dlq.labels(exc.reason).inc()
         # Keyed like the original (the user, or the item) so a user's dead letters stay together.
         key = msg.key.decode("utf-8", errors="replace") if msg.key else None
@@ -157,9 +172,10 @@ class Pipeline:
         with self.metrics.encoder_seconds.time():
             return await self.encoder.encode(texts)
 
-    def _load(self, user_id: str) -> UserState:
-        raw = self.states.get(user_id)
-        return UserState() if raw is None else state_codec.loads(raw)
+    @contextmanager
+    def _timed_store(self, operation: str) -> Iterator[None]:
+        with self.metrics.vectorstore_seconds.labels(operation).time():
+            yield
 
     async def _wait_for_items(self, item_ids: set[str]) -> None:
         """Catalog and events race at start-up: give the catalog agent time to index.
@@ -182,13 +198,19 @@ class Pipeline:
         apply: Callable[[UserState, R, int], Awaitable[None] | None],
     ) -> None:
         """Apply each event to its user's state (idempotent by event_id), then emit."""
-        changed: dict[str, tuple[UserState, str]] = {}
+        changed: dict[str, Changed] = {}
         for i, (msg, event) in enumerate(events):
             user_id = user_of(event)
-            state = changed[user_id][0] if user_id in changed else self._load(user_id)
+            scene = getattr(event, "scene", "")
+            if user_id in changed:
+                state, is_new = changed[user_id].state, changed[user_id].is_new
+            else:
+                raw = self.states.get(user_id)
+                is_new = raw is None
+                state = UserState() if raw is None else state_codec.loads(raw)
             event_id = getattr(event, "event_id", None) or f"{topic}:{msg.partition}:{msg.offset}"
             if state.already_applied(event_id):
-                self.metrics.events.labels(topic, "duplicate").inc()
+                self.metrics.events.labels(topic, scene, "duplicate").inc()
                 continue
             try:
                 result = apply(state, event, i)
@@ -198,33 +220,66 @@ class Pipeline:
                 await self.dead_letter(msg, exc)
                 continue
             state.mark_applied(event_id)
-            changed[user_id] = (state, event_id)
-            self.metrics.events.labels(topic, "ok").inc()
+            changed[user_id] = Changed(state, event_id, msg.timestamp, is_new, topic)
+            self.metrics.events.labels(topic, scene, "ok").inc()
         await self._commit_users(changed)
 
-    async def _commit_users(self, changed: dict[str, tuple[UserState, str]]) -> None:
+    async def _commit_users(self, changed: dict[str, Changed]) -> None:
         if not changed:
             return
-        for user_id, (state, _) in changed.items():
-            self.states[user_id] = state_codec.dumps(state)
+        for user_id, c in changed.items():
+            self.states[user_id] = state_codec.dumps(c.state)
         points = [
             UserPoint(uid, vecs)
-            for uid, (st, _) in changed.items()
-            if (vecs := st.named_vectors())  # a user known only by a follow has no vector yet
+            for uid, c in changed.items()
+            if (vecs := c.state.named_vectors())  # a user known only by a follow has no vector
         ]
         if points:
-            self.store.upsert_users(points)
-        for user_id, (state, trigger) in changed.items():
-            recs = recommend(state, self.index, self.gates, self.config.top_k)
-            payload: dict[str, object] = {
-                "user_id": user_id,
-                "generated_at": time.time(),
-                "trigger_event_id": trigger,
-                "model_version": self.config.model_version,
-                "scenes": to_payload(recs),
-            }
-            await self.emitter.recommendations(user_id, payload)
+            with self._timed_store("upsert_users"):
+                self.store.upsert_users(points)
+        for user_id, c in changed.items():
+            await self.emitter.recommendations(user_id, self.recommendations_payload(user_id, c))
             self.metrics.recommendations.inc()
+            if c.published_at is not None:
+                # Kafka timestamps are wall-clock seconds from the producer's host.
+                waited = max(0.0, time.time() - c.published_at)
+                self.metrics.event_to_recommendation_seconds.observe(waited)
+                if c.is_new and c.topic in COLD_START_TRIGGERS:
+                    self.metrics.cold_start_seconds.labels(COLD_START_TRIGGERS[c.topic]).observe(
+                        waited
+                    )
+
+    def recommendations_payload(self, user_id: str, c: Changed) -> dict[str, object]:
+        recs = recommend(c.state, self.index, self.gates, self.config.top_k)
+        return {
+            "user_id": user_id,
+            "generated_at": time.time(),
+            "trigger_event_id": c.trigger,
+            "model_version": self.config.model_version,
+            "scenes": to_payload(recs),
+        }
+
+    def recommend_now(self, user_id: str) -> dict[str, object] | None:
+        """On-demand recommendations for a known user (the pull API's fallback), else None."""
+        raw = self.states.get(user_id)
+        if raw is None:
+            return None
+        state = state_codec.loads(raw)
+        return self.recommendations_payload(
+            user_id, Changed(state, state.last_event_id, None, False, "")
+        )
+
+    async def forget(self, user_ids: Sequence[str]) -> None:
+        """Erase users everywhere this worker keeps them: state, vectors, recommendations."""
+        for user_id in user_ids:
+            if user_id in self.states:
+                del self.states[user_id]  # the table writes a tombstone to its changelog
+            with self._timed_store("delete_user"):
+                self.store.delete_user(user_id)
+            await self.emitter.forget(user_id)
+            self.metrics.forgotten.inc()
+            self.metrics.events.labels("users.profiles", "", "forgotten").inc()
+            log.info("forgot user %r: state, vectors and recommendations erased", user_id)
 
     # --- one method per input topic ----------------------------------------------------------
     async def on_clicks(self, batch: Sequence[Incoming]) -> None:
@@ -257,7 +312,8 @@ class Pipeline:
 
     async def on_social(self, batch: Sequence[Incoming]) -> None:
         events = await self._parse(batch, SocialEvent)
-        targets = self.store.get_users(sorted({e.target_user_id for _, e in events}))
+        with self._timed_store("get_users"):
+            targets = self.store.get_users(sorted({e.target_user_id for _, e in events}))
 
         def apply(state: UserState, e: SocialEvent, _: int) -> None:
             if e.target_user_id == e.user_id:
@@ -267,6 +323,12 @@ class Pipeline:
         await self._apply_per_user("events.social", events, lambda e: e.user_id, apply)
 
     async def on_profiles(self, batch: Sequence[Incoming]) -> None:
+        # A tombstone (null value under a user's key) on this compacted topic asks to
+        # forget that user (``scenerec forget``); it is applied in order with the profiles.
+        forget = [m for m in batch if m.value is None and m.key]
+        if forget:
+            await self.forget([m.key.decode("utf-8", errors="replace") for m in forget if m.key])
+            batch = [m for m in batch if not (m.value is None and m.key)]
         events = await self._parse(batch, UserProfile)
         vecs = await self._encode([e.profile_text for _, e in events]) if events else None
 
@@ -299,9 +361,25 @@ class Pipeline:
             pop = self.index.popularity(e.item_id) if known else 0.0
             self.index.upsert(e.item_id, vec, e.scenes, e.title, pop)
             points.append(ItemPoint(e.item_id, vec, tuple(e.scenes), e.title, pop))
-        self.store.upsert_items(points)
-        self.metrics.events.labels("catalog.items", "ok").inc(len(points))
+        with self._timed_store("upsert_items"):
+            self.store.upsert_items(points)
+        self.metrics.events.labels("catalog.items", "", "ok").inc(len(points))
         self.metrics.items_indexed.set(len(self.index))
+
+
+#: Topics whose first event for a user starts that user's cold start, and the metric label.
+COLD_START_TRIGGERS = {"users.profiles": "profile", "events.click": "first_click"}
+
+
+@dataclass
+class Changed:
+    """A user touched by a batch: the new state and what the next message must name."""
+
+    state: UserState
+    trigger: str | None
+    published_at: float | None
+    is_new: bool
+    topic: str
 
 
 def _scenes_of(event: BaseModel) -> list[str]:

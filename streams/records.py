@@ -96,7 +96,8 @@ class RecommendedItem(BaseModel):
 class Recommendations(BaseModel):
     user_id: str
     generated_at: float
-    trigger_event_id: str
+    #: The last event the list reflects (None only for a user who has no event yet).
+    trigger_event_id: str | None
     model_version: str
     scenes: dict[str, list[RecommendedItem]]
 

@@ -7,19 +7,27 @@ the item index from it and reached the encoder; unit tests install a pipeline di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator, MutableMapping
 
+import numpy as np
 import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import ConsumerStoppedError
 from faust.web import Request, Response, View
 from mode import Service
 
 from embeddings.ranking import ItemIndex
+from scenerec.diskcheck import check_writable
+from scenerec.kafka import consumer, ensure_topics
 from serving.client import EncoderClient
 from streams import state as state_codec
 from streams.app import app, dlq_topic, metrics, recommendations_topic, settings, users_table
+from streams.catalog_reader import CatalogReader
 from streams.pipeline import Pipeline, PipelineConfig
 from streams.records import DeadLetter
+from streams.topics import CATALOG
 from vectorstore import open_store
 from vectorstore.base import VectorStore
 
@@ -50,6 +58,7 @@ def pipeline_config() -> PipelineConfig:
         max_event_bytes=settings.max_event_bytes,
         unknown_item_wait_s=settings.unknown_item_wait_s,
         model_version=settings.model_version,
+        max_future_s=settings.max_future_s,
     )
 
 
@@ -84,6 +93,11 @@ class FaustEmitter:
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
         await recommendations_topic.send(key=user_id.encode(), value=orjson.dumps(payload))
 
+    async def forget(self, user_id: str) -> None:
+        # A tombstone: compaction erases the user's older lists, and readers (the pull
+        # API) drop what they cached.
+        await recommendations_topic.send(key=user_id.encode(), value=None)
+
     async def dead_letter(self, key: str | None, letter: DeadLetter) -> None:
         await dlq_topic.send(
             key=key.encode() if key else None, value=letter.model_dump_json().encode()
@@ -103,9 +117,15 @@ class Runtime(Service):
 
     _store: VectorStore | None = None
     _encoder: EncoderClient | None = None
+    _catalog: AIOKafkaConsumer | None = None
 
     async def on_start(self) -> None:
-        self._encoder = EncoderClient(settings.encoder_base_url)
+        # Fail at start, with the reason, when the data folder cannot be written (read-only
+        # mount, full disk): not later, mid-stream, inside the vector store.
+        check_writable(settings.var_dir, settings.min_free_mb)
+        await ensure_topics(settings)
+        # Retries with backoff up to ~50 s: long enough for Serve to replace a dead replica.
+        self._encoder = EncoderClient(settings.encoder_base_url, retries=8)
         probe = await self._encoder.encode(["probe"])
         dim = int(probe.shape[1])
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
@@ -132,7 +152,27 @@ class Runtime(Service):
             )
         )
 
+    @Service.task
+    async def _read_catalog(self) -> None:
+        await _ready.wait()
+        self._catalog = consumer(
+            settings, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+        )
+        await self._catalog.start()
+        reader = CatalogReader(
+            self._catalog,
+            settings.topic(CATALOG.name),
+            settings.var_dir / f"catalog-positions-{settings.app_id}.json",
+            pipeline,
+            settings.batch_max,
+        )
+        # on_stop closes the consumer when the worker shuts down: that ends the reader.
+        with contextlib.suppress(ConsumerStoppedError):
+            await reader.run()
+
     async def on_stop(self) -> None:
+        if self._catalog is not None:
+            await self._catalog.stop()
         if self._encoder is not None:
             await self._encoder.close()
         if self._store is not None:
@@ -150,18 +190,47 @@ class ReadyView(View):
         return self.json({"ready": True, "items": len(_pipeline.index)})
 
 
+@app.page("/users/{user_id}/recommendations")
+class RecommendView(View):
+    """Recommendations computed now from the user's state (the pull API's fallback).
+
+    Routed to the worker that owns the user's table partition, so it works with any
+    number of workers.
+    """
+
+    @app.table_route(table=users_table, match_info="user_id")  # type: ignore[arg-type]
+    async def get(self, request: Request, user_id: str) -> Response:
+        payload = _pipeline.recommend_now(user_id) if _pipeline is not None else None
+        if payload is None:
+            return self.json({"error": f"unknown user {user_id!r}"}, status=404)
+        return self.json(payload)
+
+
 @app.page("/users/{user_id}/state")
 class UserStateView(View):
     """What the worker holds about one user (operators' and tests' window on the table)."""
 
+    @app.table_route(table=users_table, match_info="user_id")  # type: ignore[arg-type]
     async def get(self, request: Request, user_id: str) -> Response:
-        raw = _pipeline.states.get(user_id) if _pipeline is not None else None
+        if _pipeline is None:
+            return self.json({"error": "worker not ready"}, status=503)
+        raw = _pipeline.states.get(user_id)
         if raw is None:
-            return self.json({"error": f"unknown user {user_id!r}"}, status=404)
+            # Also say whether the vector store still holds vectors (after ``forget``: no).
+            stored = bool(_pipeline.store.get_users([user_id]))
+            body = {"error": f"unknown user {user_id!r}", "stored_vectors": stored}
+            return self.json(body, status=404)
         st = state_codec.loads(raw)
+        stored_vecs = _pipeline.store.get_users([user_id]).get(user_id, {})
+        wanted = st.named_vectors()
+        # Operators' consistency check: the store holds exactly the state's vectors.
+        consistent = set(stored_vecs) == set(wanted) and all(
+            np.allclose(stored_vecs[name], vec, atol=1e-5) for name, vec in wanted.items()
+        )
         return self.json(
             {
                 "user_id": user_id,
+                "store_consistent": consistent,
                 "n_events": st.n_events,
                 "scene_counts": st.scene_counts,
                 "recent": list(st.recent),

@@ -17,7 +17,9 @@ COMMENTS = TopicSpec("events.comment", "user_id")
 SOCIAL = TopicSpec("events.social", "user_id")
 CATALOG = TopicSpec("catalog.items", "item_id", compacted=True)
 PROFILES = TopicSpec("users.profiles", "user_id", compacted=True)
-RECOMMENDATIONS = TopicSpec("recommendations", "user_id")
+# Compacted: the latest list per user is what readers need, and a tombstone (``forget``)
+# erases a user's older lists.
+RECOMMENDATIONS = TopicSpec("recommendations", "user_id", compacted=True)
 DLQ = TopicSpec("events.dlq", "user_id")
 
 INPUT_TOPICS = (CLICKS, COMMENTS, SOCIAL, CATALOG, PROFILES)

@@ -26,7 +26,12 @@ def incoming(event: faust.EventT[bytes]) -> Incoming:
     value = event.value if isinstance(event.value, bytes) or event.value is None else msg.value
     key = msg.key if isinstance(msg.key, bytes) else None
     return Incoming(
-        value=value, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=key
+        value=value,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=key,
+        timestamp=msg.timestamp,
     )
 
 
@@ -54,16 +59,22 @@ async def consume(
         batch = [incoming(e) for e in events]
         pipe = await get_pipeline()
         started = time.perf_counter()
-        for attempt in range(1, RETRIES + 1):
-            try:
-                await handler(pipe, batch)
-                await pipe.emitter.flush()
-                break
-            except Exception as exc:
-                log.exception("batch of %d from %s failed (attempt %d)", len(batch), topic, attempt)
-                if attempt == RETRIES:
-                    for msg in batch:
-                        await pipe.dead_letter(msg, BadEvent("processing_error", repr(exc)))
-                else:
-                    await asyncio.sleep(0.5 * 2**attempt)
+        await handle(pipe, batch, handler, topic)
         metrics.processing_seconds.labels(topic).observe(time.perf_counter() - started)
+
+
+async def handle(pipe: Pipeline, batch: Sequence[Incoming], handler: Handler, topic: str) -> None:
+    """``handler(pipe, batch)`` then flush, retried; dead-letter the batch if it keeps failing."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            await handler(pipe, batch)
+            await pipe.emitter.flush()
+            return
+        except Exception as exc:
+            log.exception("batch of %d from %s failed (attempt %d)", len(batch), topic, attempt)
+            if attempt == RETRIES:
+                for msg in batch:
+                    await pipe.dead_letter(msg, BadEvent("processing_error", repr(exc)))
+                await pipe.emitter.flush()
+            else:
+                await asyncio.sleep(0.5 * 2**attempt)

@@ -14,13 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from embeddings.ranking import ItemIndex
 from streams import runtime
-from streams.agents.catalog import process_catalog
+from streams.agents import handle
 from streams.agents.clicks import process_clicks
 from streams.agents.comments import process_comments
 from streams.agents.profiles import process_profiles
 from streams.agents.social import process_social
 from streams.metrics import WorkerMetrics
-from streams.pipeline import Pipeline, PipelineConfig
+from streams.pipeline import Incoming, Pipeline, PipelineConfig
 from streams.records import DeadLetter
 from streams.state import loads
 from tests.conftest import InProcessEncoder
@@ -60,6 +60,7 @@ class Collect:
         self.dlq: list[DeadLetter] = []
         self.dlq_keys: list[str | None] = []
         self.flushes = 0
+        self.forgotten: list[str] = []
 
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
         self.recs.append(payload)
@@ -67,6 +68,9 @@ class Collect:
     async def dead_letter(self, key: str | None, letter: DeadLetter) -> None:
         self.dlq.append(letter)
         self.dlq_keys.append(key)
+
+    async def forget(self, user_id: str) -> None:
+        self.forgotten.append(user_id)
 
     async def flush(self) -> None:
         self.flushes += 1
@@ -105,10 +109,14 @@ async def feed(agent: Any, values: list[bytes], done: Callable[[], bool]) -> Non
 
 
 async def load_catalog(pipe: Pipeline) -> None:
-    await feed(process_catalog, [orjson.dumps(i) for i in ITEMS], lambda: len(pipe.index) == 4)
+    # Every worker reads the whole catalog (streams/catalog_reader.py) and hands its
+    # batches to the same retrying handler as the agents.
+    batch = [Incoming(orjson.dumps(i), "catalog.items", 0, n) for n, i in enumerate(ITEMS)]
+    await handle(pipe, batch, Pipeline.on_catalog, "catalog.items")
+    assert len(pipe.index) == 4
 
 
-async def test_catalog_agent_encodes_in_batches_and_stores(pipe: Pipeline) -> None:
+async def test_catalog_encodes_in_batches_and_stores(pipe: Pipeline) -> None:
     await load_catalog(pipe)
     assert pipe.store.count("items") == 4
     assert max(pipe.encoder.calls) > 1  # type: ignore[attr-defined]  # batched, not per item
@@ -194,3 +202,18 @@ async def test_bad_events_go_to_dlq_and_good_ones_still_apply(pipe: Pipeline) ->
     assert out.dlq_keys == ["k"] * 4  # keyed like the original message
     assert out.recs[0]["trigger_event_id"] == "g"
     assert out.flushes >= 1  # the batch was flushed before it was acked
+
+
+async def test_profile_tombstone_forgets_the_user_everywhere(pipe: Pipeline) -> None:
+    await load_catalog(pipe)
+    out: Collect = pipe.emitter  # type: ignore[assignment]
+    click = {"event_id": "f1", "user_id": "gone", "item_id": "1", "scene": "scifi", "ts": 1}
+    await feed(process_clicks, [orjson.dumps(click)], lambda: len(out.recs) == 1)
+    assert "gone" in pipe.states and pipe.store.get_users(["gone"])
+    assert pipe.recommend_now("gone") is not None
+    tombstone = Incoming(None, "users.profiles", 0, 7, key=b"gone")
+    await handle(pipe, [tombstone], Pipeline.on_profiles, "users.profiles")
+    assert "gone" not in pipe.states
+    assert pipe.store.get_users(["gone"]) == {}
+    assert pipe.recommend_now("gone") is None
+    assert out.forgotten == ["gone"] and out.dlq == []  # a tombstone is not bad input

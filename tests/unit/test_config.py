@@ -34,3 +34,26 @@ def test_bad_values_fail_early(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCENEREC_PARTITIONS", "0")
     with pytest.raises(ValidationError, match="partitions"):
         Settings()
+
+
+def test_secrets_stay_out_of_logs_configs_and_errors(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from deploy.stack import api_overrides
+    from scenerec.kafka import client_kwargs
+
+    monkeypatch.setenv("SCENEREC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("SCENEREC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("SCENEREC_KAFKA_SASL_USERNAME", "app")
+    monkeypatch.setenv("SCENEREC_KAFKA_SASL_PASSWORD", "hunter2-sasl")
+    monkeypatch.setenv("QDRANT_API_KEY", "hunter2-qdrant")
+    s = Settings()
+    # The Kafka client gets the password (it must), nothing else shows it.
+    assert client_kwargs(s)["sasl_plain_password"] == "hunter2-sasl"
+    overrides = api_overrides(s)  # what the Serve app config carries
+    assert "hunter2" not in repr(overrides) and overrides["kafka_sasl_username"] == "app"
+    assert "hunter2" not in repr(s) and "hunter2" not in s.model_dump_json()
+    with pytest.raises(ValidationError) as err:
+        Settings(partitions=0)
+    assert "hunter2" not in str(err.value)
+    assert "hunter2" not in caplog.text
