@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import serve
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "encoder"
 ROUTE_PREFIX = "/encoder"
+API_APP_NAME = "api"
+API_ROUTE_PREFIX = "/"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Small machines: Ray's default object store (30% of RAM) is wasted on an app that only
 # moves a few KB per request.
@@ -63,7 +66,7 @@ def ray_head_running() -> bool:
         return False
 
 
-def _start_head(num_cpus: int) -> None:
+def _start_head(num_cpus: int, metrics_port: int | None) -> None:
     cmd = [
         _ray_bin(),
         "start",
@@ -73,6 +76,9 @@ def _start_head(num_cpus: int) -> None:
         f"--num-cpus={num_cpus}",
         f"--object-store-memory={OBJECT_STORE_BYTES}",
     ]
+    if metrics_port is not None:
+        # Ray's Prometheus export: its own metrics and the Serve apps' custom ones.
+        cmd.append(f"--metrics-export-port={metrics_port}")
     env = dict(os.environ)
     # Workers inherit the raylet's environment: make the project importable for replicas.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
@@ -102,7 +108,9 @@ def _probe(url: str, timeout_s: float) -> bool:
         return False
 
 
-def _serve_run_with_timeout(config: EncoderAppConfig, timeout_s: float) -> None:
+def _serve_run_with_timeout(
+    config: EncoderAppConfig, api_overrides: dict[str, Any] | None, timeout_s: float
+) -> None:
     # serve.run waits for healthy replicas but has no timeout: an unschedulable replica
     # (not enough logical CPUs/GPUs) would block forever.
     errors: list[BaseException] = []
@@ -110,6 +118,15 @@ def _serve_run_with_timeout(config: EncoderAppConfig, timeout_s: float) -> None:
     def target() -> None:
         try:
             serve.run(build_app(config), name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
+            if api_overrides is not None:
+                from serving.api_app import build_api_app
+
+                serve.run(
+                    build_api_app(api_overrides),
+                    name=API_APP_NAME,
+                    route_prefix=API_ROUTE_PREFIX,
+                    blocking=False,
+                )
         except BaseException as exc:
             errors.append(exc)
 
@@ -120,7 +137,7 @@ def _serve_run_with_timeout(config: EncoderAppConfig, timeout_s: float) -> None:
         raise RuntimeError(f"deploying the encoder app failed: {errors[0]}") from errors[0]
     if thread.is_alive():
         raise TimeoutError(
-            f"encoder app not running after {timeout_s:.0f}s: {serve.status().applications}"
+            f"Serve apps not running after {timeout_s:.0f}s: {serve.status().applications}"
         )
 
 
@@ -130,20 +147,24 @@ def start_serve(
     http_port: int = 8000,
     num_cpus: int | None = None,
     timeout_s: float = 180,
+    api_overrides: dict[str, Any] | None = None,
+    metrics_port: int | None = None,
 ) -> str:
-    """Ensure a Ray head, deploy the encoder app, wait for a real answer, return its URL."""
+    """Ensure a Ray head, deploy the encoder app (and the pull API when ``api_overrides``
+    are given: Settings fields for its replicas), wait for a real answer, return its URL."""
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     if ray_head_running():
         logger.info("reusing the Ray head already running for this user")
     else:
         needed = math.ceil(config.num_replicas * config.num_cpus)
-        _start_head(num_cpus if num_cpus is not None else max(os.cpu_count() or 1, needed))
+        cpus = num_cpus if num_cpus is not None else max(os.cpu_count() or 1, needed)
+        _start_head(cpus, metrics_port)
     ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
     try:
         serve.start(http_options={"host": http_host, "port": http_port})
         logger.info("deploying app %r at %s with %s", APP_NAME, ROUTE_PREFIX, config)
-        _serve_run_with_timeout(config, max(1.0, deadline - time.monotonic()))
+        _serve_run_with_timeout(config, api_overrides, max(1.0, deadline - time.monotonic()))
         url = f"http://{http_host}:{http_port}{ROUTE_PREFIX}"
         while not _probe(url, timeout_s=10):
             if time.monotonic() > deadline:
@@ -192,6 +213,18 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--max-ongoing-requests", type=int, default=256)
     start.add_argument("--num-cpus", type=int, default=None, help="logical CPUs given to Ray")
     start.add_argument("--timeout", type=float, default=180.0)
+    start.add_argument(
+        "--no-api",
+        action="store_true",
+        help="deploy the encoder only, not the pull API (which is configured from SCENEREC_*)",
+    )
+    start.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Ray's Prometheus export port when this starts the head "
+        "(default: SCENEREC_RAY_METRICS_PORT)",
+    )
     sub.add_parser("stop", help="shut Serve down and stop Ray")
     return p
 
@@ -215,7 +248,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_ongoing_requests=args.max_ongoing_requests,
         torch_threads=threads,
     )
-    url = start_serve(config, args.host, args.port, args.num_cpus, args.timeout)
+    from deploy.stack import api_overrides
+    from scenerec.config import load_settings
+
+    settings = load_settings()
+    url = start_serve(
+        config,
+        args.host,
+        args.port,
+        args.num_cpus,
+        args.timeout,
+        api_overrides=None if args.no_api else api_overrides(settings),
+        metrics_port=args.metrics_port or settings.ray_metrics_port,
+    )
     print(url)
     return 0
 

@@ -12,7 +12,8 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deploy.kafka_local import LocalKafka
 from deploy.worker import start_worker, stop_worker
@@ -30,6 +31,7 @@ class StackInfo:
     bootstrap: str
     encoder_url: str
     worker_metrics_url: str
+    api_url: str
     seconds: float
 
 
@@ -58,6 +60,31 @@ def encoder_config(settings: Settings) -> EncoderAppConfig:
     )
 
 
+#: Settings the pull API's replicas get explicitly; secrets are not among them (replicas
+#: read those from their own environment).
+API_SETTINGS = (
+    "kafka_bootstrap",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_ssl_cafile",
+    "kafka_ssl_certfile",
+    "kafka_ssl_keyfile",
+    "topic_prefix",
+    "partitions",
+    "scenes",
+    "top_k",
+    "worker_url",
+)
+
+
+def api_overrides(settings: Settings) -> dict[str, Any]:
+    values = settings.model_dump(include=set(API_SETTINGS))
+    values["kafka_bootstrap"] = settings.bootstrap
+    values["worker_url"] = settings.worker_base_url
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if v is not None}
+
+
 def _kafka_up(settings: Settings) -> None:
     if settings.kafka_bootstrap is None:
         log.info("starting the local Kafka broker on port %d", settings.kafka_port)
@@ -78,7 +105,12 @@ def up(settings: Settings, worker: bool = True) -> StackInfo:
             from deploy.ray_serve import start_serve  # Ray is heavy: import only when needed
 
             log.info("starting Ray Serve with the encoder on port %d", settings.serve_port)
-            start_serve(encoder_config(settings), http_port=settings.serve_port)
+            start_serve(
+                encoder_config(settings),
+                http_port=settings.serve_port,
+                api_overrides=api_overrides(settings),
+                metrics_port=settings.ray_metrics_port,
+            )
         else:
             log.info("using the encoder at %s", settings.encoder_url)
         kafka_ready.result()
@@ -88,6 +120,7 @@ def up(settings: Settings, worker: bool = True) -> StackInfo:
         bootstrap=settings.bootstrap,
         encoder_url=settings.encoder_base_url,
         worker_metrics_url=f"http://127.0.0.1:{settings.worker_web_port}/metrics",
+        api_url=f"http://127.0.0.1:{settings.serve_port}/",
         seconds=time.monotonic() - started,
     )
 

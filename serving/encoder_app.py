@@ -19,6 +19,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ from ray import serve
 from ray.serve import Application, Deployment
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from serving.metrics import encoder_metrics
 
 if TYPE_CHECKING:
     from embeddings.encoder import SentenceEncoder
@@ -118,6 +121,7 @@ class EncoderReplica:
             Path(model_path) if model_path else None, device=device, torch_threads=torch_threads
         )
         self._encode_batch_size = encode_batch_size
+        self._batch_metric, self._seconds_metric = encoder_metrics()
         # Warm-up so the first real request does not pay for lazy kernel initialisation.
         self._encoder.encode(["warm up"])
 
@@ -140,7 +144,10 @@ class EncoderReplica:
         logger.debug("encoding %d texts from %d requests", len(flat), len(requests))
         # Off the event loop: torch releases the GIL, so the replica keeps accepting and
         # queueing requests (the next batch) while this one is computed.
+        started = time.perf_counter()
         vectors = await asyncio.to_thread(self._encoder.encode, flat, self._encode_batch_size)
+        self._seconds_metric.observe(time.perf_counter() - started)
+        self._batch_metric.observe(len(flat))
         out: list[npt.NDArray[np.float32]] = []
         start = 0
         for texts in requests:
@@ -206,3 +213,11 @@ def build_app(settings: EncoderAppConfig) -> Application:
         settings.model_path, settings.device, settings.torch_threads, settings.encode_batch_size
     )
     return app
+
+
+def build_encoder_app(args: dict[str, Any]) -> Application:
+    """Serve app builder for serveConfigV2 / ``serve deploy``: args are EncoderAppConfig fields.
+
+    The device comes from ``args`` because Ray runs the builder on the head, not on the GPU pod.
+    """
+    return build_app(EncoderAppConfig.for_device(**args))
