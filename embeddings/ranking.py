@@ -11,15 +11,24 @@ matrix, because ranking a user against every item of a scene is a single matrix-
 product (1,682 x 384 takes microseconds) while a store query per scene per event would be
 a round trip each. Every recommended item carries a reason that names the scene and what
 drove the score.
+
+Speed (see docs/benchmarks.md): the worker ranks every user a batch touched, in every scene
+the user is active in. :func:`recommend_many` scores all of those queries with one matrix
+product (one pass over the item matrix instead of one per query: 10x less memory traffic on
+a 100,000-item catalog) and computes the popularity feature once. The product runs with one
+BLAS thread: OpenBLAS's threads on these small products cost more than they gain, and on a
+loaded machine a 1,682 x 384 product with 2 threads measured 12 ms instead of 0.1 ms.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import ThreadpoolController
 
 from embeddings.popularity import DecayedPopularity
 from embeddings.scenes import SceneGates
@@ -32,6 +41,12 @@ GLOBAL = "global"
 SIM_WEIGHT = 4.0
 #: Clicks count half as much after this long (event time): the harness's tuned value.
 POPULARITY_HALF_LIFE_S = 7 * 86_400.0
+
+#: Controls the BLAS thread pool of the numpy loaded in this process (see the module doc).
+_BLAS = ThreadpoolController()
+#: Rows per block in :meth:`ItemIndex._similarities`: 4096 x 384 float32 = 6 MiB, in cache;
+#: a multiple of every BLAS kernel's row group, so blocking does not change any value.
+_ROW_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -159,26 +174,73 @@ class ItemIndex:
 
         Ties break by row order (a stable sort), so the same state ranks the same way.
         """
+        return self.rank_many([RankQuery(query, scene, exclude_rows)], k, sim_weight)[0]
+
+    def rank_many(
+        self, queries: Sequence[RankQuery], k: int, sim_weight: float = SIM_WEIGHT
+    ) -> list[list[Ranked]]:
+        """:meth:`rank` for each of ``queries``, with one matrix product for all of them."""
         n = len(self._ids)
-        if n == 0:
-            return []
+        if n == 0 or not queries:
+            return [[] for _ in queries]
         pop = self._pop.log_scores()[:n]
-        sim = (
-            np.zeros(n, dtype=np.float64)
-            if query is None
-            else (self._mat[:n] @ query.astype(np.float32, copy=False)).astype(np.float64)
-        )
+        with_vec = [j for j, q in enumerate(queries) if q.query is not None]
+        sims: npt.NDArray[np.float32] | None = None
+        if with_vec:
+            sims = self._similarities([queries[j].query for j in with_vec], n)
+        row_of = {j: r for r, j in enumerate(with_vec)}
+        zeros: npt.NDArray[np.float64] | None = None
+        out: list[list[Ranked]] = []
+        for j, q in enumerate(queries):
+            if sims is not None and j in row_of:
+                sim = sims[row_of[j]].astype(np.float64)
+            else:
+                zeros = np.zeros(n, dtype=np.float64) if zeros is None else zeros
+                sim = zeros
+            out.append(self._top(pop, sim, k, q.scene, q.exclude_rows, sim_weight))
+        return out
+
+    def _similarities(self, queries: Sequence[Vector | None], n: int) -> npt.NDArray[np.float32]:
+        """``self._mat[:n] @ q`` for every query, one row each, bit for bit.
+
+        One matrix-vector product per query and per block of rows, with the block in cache
+        for all queries: a 100,000 x 384 matrix is read from memory once per batch instead
+        of once per query (3-4x faster), and each product is the same BLAS call on the
+        same rows as a product over the whole matrix, so the values are identical (a
+        matrix-matrix product would change the last bits, and the rounded scores with them).
+        """
+        stacked = [np.asarray(q, dtype=np.float32) for q in queries]
+        sims = np.empty((len(stacked), n), dtype=np.float32)
+        with _BLAS.limit(limits=1, user_api="blas"):
+            for start in range(0, n, _ROW_BLOCK):
+                stop = min(n, start + _ROW_BLOCK)
+                block = self._mat[start:stop]
+                for r, q in enumerate(stacked):
+                    np.matmul(block, q, out=sims[r, start:stop])
+        return sims
+
+    def _top(
+        self,
+        pop: npt.NDArray[np.float64],
+        sim: npt.NDArray[np.float64],
+        k: int,
+        scene: str | None,
+        exclude_rows: npt.NDArray[np.intp] | None,
+        sim_weight: float,
+    ) -> list[Ranked]:
+        n = pop.shape[0]
         scores = pop + sim_weight * sim
-        valid = np.ones(n, dtype=np.bool_)
         if scene is not None:
-            valid &= self._scene_mask(scene)[:n]
+            valid = self._scene_mask(scene)[:n].copy()
+        else:
+            valid = np.ones(n, dtype=np.bool_)
         if exclude_rows is not None and exclude_rows.size:
             valid[exclude_rows] = False
         cand = np.flatnonzero(valid)
         if cand.size == 0:
             return []
-        top = cand[np.argsort(-scores[cand], kind="stable")[:k]]
-        pop_mid, sim_mid = float(np.median(pop[cand])), float(np.median(sim[cand]))
+        top = cand[_stable_top_k(-scores[cand], k)]
+        pop_mid, sim_mid = _median(pop[cand]), _median(sim[cand])
         return [
             Ranked(
                 self._ids[r],
@@ -190,6 +252,49 @@ class ItemIndex:
         ]
 
 
+@dataclass(frozen=True)
+class RankQuery:
+    """One ranking request: a query vector (None: popularity only), a scene, rows to skip."""
+
+    query: Vector | None
+    scene: str | None = None
+    exclude_rows: npt.NDArray[np.intp] | None = None
+
+
+def _median(x: npt.NDArray[np.float64]) -> float:
+    """``float(np.median(x))`` of a non-empty 1-d array, the same way, without its overhead.
+
+    Like numpy: one partition that also moves a NaN (if any) to the end, and the mean of the
+    two middle values as ``(a + b) / 2`` for an even length.
+    """
+    m = x.shape[0]
+    h = m // 2
+    kth = (h, m - 1) if m % 2 else (h - 1, h, m - 1)
+    part = np.partition(x, kth)
+    if np.isnan(part[-1]):
+        return math.nan
+    if m % 2:
+        return float(part[h])
+    return float((part[h - 1] + part[h]) / 2)
+
+
+def _stable_top_k(keys: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.intp]:
+    """``np.argsort(keys, kind="stable")[:k]`` without sorting all of ``keys``.
+
+    Everything strictly below the k-th smallest key is in, and so is every key equal to it;
+    a stable sort of those few gives the same first ``k`` (ties in index order).
+    """
+    if k <= 0:
+        return np.empty(0, dtype=np.intp)
+    if keys.shape[0] <= 4 * k:
+        return np.argsort(keys, kind="stable")[:k]
+    kth = np.partition(keys, k - 1)[k - 1]
+    if np.isnan(kth):  # fewer than k comparable keys: let argsort place the NaNs
+        return np.argsort(keys, kind="stable")[:k]
+    near = np.flatnonzero(keys <= kth)
+    return near[np.argsort(keys[near], kind="stable")[:k]]
+
+
 def recommend(
     state: UserState,
     index: ItemIndex,
@@ -197,20 +302,40 @@ def recommend(
     k: int,
 ) -> dict[str, list[Scored]]:
     """Top-k for the global feed and for every scene the user is active in."""
-    out: dict[str, list[Scored]] = {}
-    # Per user, not per scene: the seen rows and the recent items' vectors (for reasons).
-    seen_rows = index.rows(state.seen)
-    recent = [i for i in state.recent if i in index]
-    history = History(recent, index.vectors_of(recent)) if recent else None
-    scenes: list[str | None] = [None, *state.active_scenes]
-    for scene in scenes:
-        user_vec = state.global_vec if scene is None else state.scene_vector(scene)
-        query = None if user_vec is None else gates.apply(scene or GLOBAL, user_vec)
-        ranked = index.rank(query, k, scene=scene, exclude_rows=seen_rows)
-        out[scene or GLOBAL] = [
-            Scored(r.item_id, r.score, explain(state, index, r, scene or GLOBAL, user_vec, history))
-            for r in ranked
-        ]
+    return recommend_many([state], index, gates, k)[0]
+
+
+def recommend_many(
+    states: Sequence[UserState],
+    index: ItemIndex,
+    gates: SceneGates,
+    k: int,
+) -> list[dict[str, list[Scored]]]:
+    """:func:`recommend` for each of ``states``: every (user, scene) query in one product."""
+    plans: list[tuple[UserState, History | None, list[tuple[str, Vector | None]]]] = []
+    queries: list[RankQuery] = []
+    for state in states:
+        # Per user, not per scene: the seen rows and the recent items' vectors (for reasons).
+        seen_rows = index.rows(state.seen)
+        recent = [i for i in state.recent if i in index]
+        history = History(recent, index.vectors_of(recent)) if recent else None
+        lists: list[tuple[str, Vector | None]] = []
+        for scene in [None, *state.active_scenes]:
+            user_vec = state.global_vec if scene is None else state.scene_vector(scene)
+            query = None if user_vec is None else gates.apply(scene or GLOBAL, user_vec)
+            queries.append(RankQuery(query, scene, seen_rows))
+            lists.append((scene or GLOBAL, user_vec))
+        plans.append((state, history, lists))
+    ranked = iter(index.rank_many(queries, k))
+    out: list[dict[str, list[Scored]]] = []
+    for state, history, lists in plans:
+        recs: dict[str, list[Scored]] = {}
+        for name, user_vec in lists:
+            recs[name] = [
+                Scored(r.item_id, r.score, explain(state, index, r, name, user_vec, history))
+                for r in next(ranked)
+            ]
+        out.append(recs)
     return out
 
 
