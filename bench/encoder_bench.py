@@ -92,6 +92,51 @@ def _row(mode: str, batch: int, n: int, seconds: float, bare_tps: float) -> dict
     }
 
 
+def efficiency(
+    url: str,
+    texts: list[str],
+    batches: Sequence[int],
+    threads: int | None,
+    in_flight: int = 2,
+    single_concurrency: int = 64,
+) -> dict[str, Any]:
+    """``encoder_efficiency`` for the pipeline bench: Serve texts/s / bare texts/s, per batch.
+
+    Bare: the model in this process with the replica's torch threads, forward passes of B
+    texts. Serve: the same texts through ``url`` two ways, lists of B texts per request
+    (``in_flight`` at once) and one text per request (``single_concurrency`` at once,
+    gathered by ``@serve.batch``). Per batch size the better Serve mode is the result.
+    """
+    from embeddings.encoder import SentenceEncoder
+
+    rows: list[dict[str, Any]] = []
+    bare: dict[int, float] = {}
+    enc = SentenceEncoder(torch_threads=threads)
+    for b in batches:
+        seconds = bench_bare(enc, texts, b)
+        bare[b] = len(texts) / seconds
+        rows.append(_row("bare", b, len(texts), seconds, bare[b]))
+    del enc  # free the in-process model (and its threads) before Serve is measured
+    gc.collect()
+    lists: dict[int, float] = {}
+    for b in batches:
+        seconds = asyncio.run(bench_serve(url, texts, b, in_flight))
+        lists[b] = len(texts) / seconds
+        rows.append(_row(f"serve-list x{in_flight}", b, len(texts), seconds, bare[b]))
+    seconds = asyncio.run(bench_serve(url, texts, 1, single_concurrency))
+    single = len(texts) / seconds
+    for b in batches:
+        rows.append(_row(f"serve-single x{single_concurrency}", b, len(texts), seconds, bare[b]))
+    best = {
+        str(b): {
+            "efficiency": round(max(lists[b], single) / bare[b], 3),
+            "mode": "lists" if lists[b] >= single else "single texts",
+        }
+        for b in batches
+    }
+    return {"rows": rows, "best": best, "torch_threads": threads, "texts": len(texts)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--texts", type=int, default=2000)
