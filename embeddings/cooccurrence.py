@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+#: Up to this many history items, their rows are gathered; beyond, one dense product.
+_SUBSET_ROWS = 256
 
 
 class CoOccurrence:
@@ -39,7 +41,15 @@ class CoOccurrence:
             return np.zeros(n, dtype=np.float64)
         rows = list(history)
         norm = np.sqrt(np.maximum(self._counts, 1.0))
-        weights = 1.0 / norm[rows]
-        sims: FloatArray = (weights @ self._co[rows].astype(np.float64)) / norm
+        if len(rows) <= _SUBSET_ROWS:
+            weights = 1.0 / norm[rows]
+            mass = weights @ self._co[rows].astype(np.float64)
+        else:
+            # A long history: one vector-matrix product over the whole (symmetric) matrix
+            # instead of copying hundreds of its rows first (the copy was most of the time).
+            dense = np.zeros(n, dtype=np.float32)
+            dense[rows] = 1.0 / norm[rows]
+            mass = (dense @ self._co).astype(np.float64)
+        sims: FloatArray = mass / norm
         out: FloatArray = sims / np.sqrt(len(rows))
         return out

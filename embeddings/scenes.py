@@ -1,11 +1,13 @@
 """Scene gating vectors ``s`` in ``r = (u ⊙ s) · i``.
 
-In this version every gate is fixed at ones, so ``r`` is the plain dot product of the
-user's (scene) vector and the item; the scene still matters through which user vector is
-used and which items are candidates. Learned gates plug in through ``set_gate``.
+A scene without a gate uses all ones, so ``r`` is the plain dot product of the user's
+(scene) vector and the item. Learned gates (``embeddings.colearn.fit_gates``, BPR on the
+training events) plug in through ``set_gate``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -25,6 +27,10 @@ class SceneGates:
         if gate.shape != (self.dim,):
             raise ValueError(f"gate: expected shape ({self.dim},), got {gate.shape}")
         self._gates[scene] = gate.astype(np.float32)
+
+    def items(self) -> Iterator[tuple[str, Vector]]:
+        """Every learned ``(scene, gate)``, in the order they were set."""
+        yield from self._gates.items()
 
     def apply(self, scene: str, user_vec: Vector) -> Vector:
         """``u ⊙ s``; with the all-ones gate that is ``u`` itself (no copy)."""

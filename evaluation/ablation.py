@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from evaluation.cli import DEFAULT_DATA_DIR
+from evaluation.cli import DEFAULT_DATA_DIR, configure
 from evaluation.encoding import DEFAULT_CACHE_DIR
 
 logger = logging.getLogger(__name__)
@@ -111,28 +111,6 @@ def _kg_vectors(args: argparse.Namespace, dim: int) -> dict[str, Callable[[Any],
     }
 
 
-def _paired_delta(
-    a: Sequence[tuple[str, Mapping[str, float]]],
-    b: Sequence[tuple[str, Mapping[str, float]]],
-    metric: str,
-) -> dict[str, float]:
-    """Mean of ``a - b`` over the same records, with its user-bootstrap interval."""
-    from evaluation.metrics import bootstrap
-
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for (user, ma), (user_b, mb) in zip(a, b, strict=True):
-        if user != user_b:
-            raise ValueError("paired records differ")
-        sums[user] = sums.get(user, 0.0) + ma[metric] - mb[metric]
-        counts[user] = counts.get(user, 0) + 1
-    users = sorted(sums)
-    mean, low, high = bootstrap(
-        np.array([sums[u] for u in users]), np.array([counts[u] for u in users], dtype=float)
-    )
-    return {"delta": round(mean, 6), "delta_lo": round(low, 6), "delta_hi": round(high, 6)}
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
@@ -145,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _event_result,
         _list_result,
     )
-    from evaluation.metrics import NDCG
+    from evaluation.metrics import NDCG, paired_delta
     from evaluation.protocols import Contender, run_frozen, run_prequential
     from evaluation.report import to_json
     from evaluation.scenerec_model import SceneRec, SceneRecConfig
@@ -265,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for protocol in ("frozen", "online"):
         for v in VARIANTS[1:]:
             payload[protocol][v].update(
-                _paired_delta(paired[f"{protocol}:{v}"], paired[f"{protocol}:text"], NDCG)
+                paired_delta(paired[f"{protocol}:{v}"], paired[f"{protocol}:text"], NDCG)
             )
         for v in VARIANTS:
             cand, cfg, valid_ndcg = chosen[v][protocol]
@@ -344,16 +322,10 @@ def _weight(w: float | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    import torch
-
+    configure(args.verbose, args.threads)
     from evaluation.data import DataError
     from evaluation.report import write_json
 
-    torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
     try:
         out = run(args)

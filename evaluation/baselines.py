@@ -41,8 +41,20 @@ class Recommender(ABC):
     def score(self, user: str) -> FloatArray:
         """One finite score per catalog row; higher is better."""
 
+    def rerank(self, scores: FloatArray, k: int, exclude_rows: Sequence[int]) -> list[int] | None:
+        """A list other than the plain top-k of ``scores`` (e.g. diversified), or None.
+
+        A system that reranks is scored on its list: in Protocol B a target outside it is
+        a miss, inside it takes its position (no mid-rank of score ties).
+        """
+        return None
+
     def recommend(self, user: str, k: int = 10, exclude: Iterable[str] = ()) -> list[str]:
-        rows = top_k(self.score(user), k, self.catalog.rows(set(exclude)))
+        scores = self.score(user)
+        excl = self.catalog.rows(set(exclude))
+        rows = self.rerank(scores, k, excl)
+        if rows is None:
+            rows = top_k(scores, k, excl)
         return [self.catalog.ids[r] for r in rows]
 
 

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evaluation.encoding import DEFAULT_CACHE_DIR
-from evaluation.report import PROTOCOL_KEYS, dump_recs, print_tables, to_json, write_json
+from evaluation.report import (
+    PROTOCOL_KEYS,
+    dump_recs,
+    print_diversity,
+    print_per_scene,
+    print_social,
+    print_tables,
+    write_json,
+)
 
 DEFAULT_DATA_DIR = Path(os.environ.get("SCENEREC_DATA_DIR", "../shared/data"))
 DEFAULT_OUT = Path("results/eval.json")
@@ -67,11 +75,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads (default: %(default)s; the machine is shared)",
+        help="torch and BLAS CPU threads (default: %(default)s; the machine is shared)",
+    )
+    p.add_argument(
+        "--mmr-lambda",
+        type=_unit_interval,
+        default=1.0,
+        metavar="L",
+        help="re-rank SceneRec's lists by MMR with trade-off L in [0, 1] in every protocol "
+        "(1 = plain top-k by score, the default; the Protocol A table of lambdas is always "
+        "printed)",
+    )
+    p.add_argument(
+        "--no-social",
+        action="store_true",
+        help="skip the social experiment on lastfm-2k (with vs without friends' influence)",
+    )
+    p.add_argument(
+        "--no-per-scene",
+        action="store_true",
+        help="skip the per-scene feeds (co-learning vs independent scene models)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log each step with timings")
     return p
+
+
+def configure(verbose: bool, threads: int) -> None:
+    """Logging, and the CPU threads of torch and of numpy's BLAS, for a harness command."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Imported here so that --help stays instant (torch and transformers are heavy).
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(max(1, threads))
+    # numpy's BLAS too: on a busy shared machine its default of one spinning thread per
+    # core made the per-event matrix-vector products several times slower, not faster.
+    threadpool_limits(max(1, threads))
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,17 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Imported here so that --help stays instant (torch and transformers are heavy).
-    import torch
-
+    configure(args.verbose, args.threads)
     from evaluation.data import DataError
     from evaluation.harness import Options, run
 
-    torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
     try:
         out = run(
@@ -104,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 quick=args.quick,
                 protocols=protocols,
                 progress=not args.no_progress,
+                per_scene=not args.no_per_scene,
+                social=not args.no_social,
+                mmr_lambda=args.mmr_lambda,
             )
         )
     except DataError as exc:
@@ -114,8 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     out.meta["wall_time_s"] = round(elapsed, 1)
+    payload = out.payload()
     print_tables(out.results)
-    write_json(args.out, to_json(out.results))
+    if "diversity" in payload:
+        print_diversity(payload["diversity"])
+    if "per_scene" in payload:
+        print_per_scene(payload["per_scene"])
+    if "social" in payload:
+        print_social(payload["social"])
+    write_json(args.out, payload)
     write_json(args.out.with_suffix(".meta.json"), out.meta)
     if args.dump_recs is not None:
         args.dump_recs.parent.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,13 @@ is written down in ``docs/data-format.md``.
 
 from __future__ import annotations
 
-import csv
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from embeddings.fusion import item_text
+from scenerec.datasets import load_lastfm2k as _load_lastfm2k_records
 from scenerec.datasets import load_ml100k as _load_ml100k_records
 
 #: EVALUATION.md, Protocol A: first 80,000 train, next 10,000 valid, last 10,000 test.
@@ -22,7 +22,6 @@ ML100K_SPLIT = (80_000, 10_000, 10_000)
 #: lastfm-2k has no timestamps: a seeded random 80/20 split of the listening pairs.
 LASTFM_TRAIN_FRACTION = 0.8
 LASTFM_SEED = 2024
-LASTFM_SCENE = "music"
 
 
 class DataError(Exception):
@@ -113,17 +112,6 @@ class Catalog:
         return [self._row[i] for i in item_ids if i in self._row]
 
 
-def _tsv(path: Path, encoding: str = "utf-8") -> Iterator[list[str]]:
-    if not path.is_file():
-        raise DataError(f"{path} not found (see ../shared/data/README.md)")
-    with path.open(encoding=encoding, errors="replace", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader, None)  # header
-        for row in reader:
-            if row:
-                yield row
-
-
 def split_by_sizes(events: Sequence[Event], sizes: tuple[int, int, int]) -> Split:
     n_train, n_valid, n_test = sizes
     if n_train + n_valid + n_test != len(events):
@@ -180,36 +168,40 @@ def load_ml100k(data_dir: Path, with_kg: bool = True) -> Dataset:
 def load_lastfm2k(data_dir: Path, seed: int = LASTFM_SEED) -> Dataset:
     """lastfm-2k: artists as items, listening pairs as events, friendships as social edges.
 
-    The data has no timestamps, so every event has ``timestamp=0.0`` and the split is a
-    seeded random 80/20 of the listening pairs (no valid part: tune by carving one out of
-    train). The listening count is kept as the event weight.
+    ``scenerec.datasets.load_lastfm2k`` reads the files (file order, ``ts = 0``); the data
+    has no timestamps, so the split is a seeded random 80/20 of the listening pairs (no
+    valid part: tune by carving one out of train). The listening count is the event weight.
     """
-    root = data_dir / "lastfm-2k"
+    try:
+        raw = _load_lastfm2k_records(data_dir)
+    except Exception as exc:  # DatasetError or a malformed file: one error type for callers
+        raise DataError(str(exc)) from exc
     items = tuple(
-        Item(id=r[0], scenes=(LASTFM_SCENE,), text=item_text(r[1], "", [LASTFM_SCENE]), title=r[1])
-        for r in _tsv(root / "artists.dat")
-        if len(r) >= 2
+        Item(
+            id=r["item_id"],
+            scenes=tuple(r["scenes"]),
+            text=item_text(r["title"], r["description"], r["scenes"]),
+            title=r["title"],
+        )
+        for r in raw.items
     )
-    known = {it.id for it in items}
     events = [
         Event(
-            user=r[0],
-            item=r[1],
-            scene=LASTFM_SCENE,
+            user=c["user_id"],
+            item=c["item_id"],
+            scene=c["scene"],
             kind="listen",
-            timestamp=0.0,
-            weight=float(r[2]),
+            timestamp=float(c["ts"]),
+            weight=float(c["weight"]),
         )
-        for r in _tsv(root / "user_artists.dat")
-        if len(r) >= 3 and r[1] in known
+        for c in raw.clicks
     ]
     random.Random(seed).shuffle(events)
     n_train = round(LASTFM_TRAIN_FRACTION * len(events))
     split = Split(train=tuple(events[:n_train]), valid=(), test=tuple(events[n_train:]))
     social = tuple(
-        SocialEdge(source=r[0], target=r[1], kind="friend")
-        for r in _tsv(root / "user_friends.dat")
-        if len(r) >= 2
+        SocialEdge(source=r["source"], target=r["target"], kind=r["kind"], timestamp=r["ts"])
+        for r in raw.social
     )
     return Dataset("lastfm-2k", items, split, social=social)
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from evaluation import lastfm
 from evaluation.baselines import (
     BPRMF,
     DecayedPopular,
@@ -25,9 +26,22 @@ from evaluation.baselines import (
     RecentPopular,
     Recommender,
 )
-from evaluation.data import Catalog, Dataset, Event, load_ml100k
+from evaluation.data import Catalog, Dataset, Event, load_lastfm2k, load_ml100k
 from evaluation.encoding import VectorCache, item_vectors, profile_vectors
 from evaluation.metrics import catalog_coverage, intra_list_diversity, summarize
+from evaluation.per_scene import (
+    QUICK_SCENE_GRID,
+    SCENE_GRID,
+    PerSceneResult,
+    SceneFeeds,
+    fit_with_feeds,
+    relations_from,
+    score_test,
+    train_event_counts,
+    tune,
+    variants,
+)
+from evaluation.per_scene import to_json as per_scene_json
 from evaluation.protocols import (
     Contender,
     EventRecord,
@@ -36,8 +50,8 @@ from evaluation.protocols import (
     run_frozen,
     run_prequential,
 )
-from evaluation.report import Results, SystemResult, dump_line
-from evaluation.scenerec_model import SceneRec, SceneRecConfig
+from evaluation.report import Results, SystemResult, dump_line, to_json
+from evaluation.scenerec_model import Diversified, SceneRec, SceneRecConfig
 from evaluation.tuning import (
     QUICK_WEIGHT_GRID,
     WEIGHT_GRID,
@@ -58,6 +72,8 @@ ANCHOR_DAYS = 14.0
 QUICK_TEST_EVENTS = 2_000
 #: --quick trains BPR-MF for fewer epochs.
 QUICK_BPR_EPOCHS = 5
+#: MMR lambdas shown against Protocol A accuracy (1 = no re-ranking).
+MMR_SWEEP = (1.0, 0.9, 0.8, 0.7, 0.5, 0.3)
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,14 @@ class Options:
     quick: bool = False
     protocols: tuple[str, ...] = ("frozen", "online", "cold_start")
     progress: bool = True
+    #: Also score the per-scene feeds (co-learning vs independent scene models).
+    per_scene: bool = True
+    #: Also run the social experiment on lastfm-2k (``evaluation.lastfm``).
+    social: bool = True
+    #: MMR trade-off of SceneRec's lists in every protocol (1: plain top-k by score).
+    mmr_lambda: float = 1.0
+    #: The MMR values whose effect on Protocol A is shown (accuracy vs diversity).
+    mmr_sweep: tuple[float, ...] = MMR_SWEEP
 
 
 @dataclass
@@ -75,6 +99,24 @@ class HarnessOutput:
     meta: dict[str, Any]
     frozen_lists: dict[str, ListResult] = field(default_factory=dict)
     online_records: dict[str, list[EventRecord]] = field(default_factory=dict)
+    #: Protocol key (``frozen``/``online``) -> per-scene feed results.
+    per_scene: dict[str, PerSceneResult] = field(default_factory=dict)
+    #: MMR lambda -> SceneRec on Protocol A with its lists re-ranked.
+    diversity: dict[str, SystemResult] = field(default_factory=dict)
+    #: Data set -> the social experiment's JSON (``evaluation.lastfm.run``).
+    social: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """``eval.json``: the required ``{protocol: {system: {metric: value}}}`` plus extras
+        under their own top-level keys (``per_scene``)."""
+        out: dict[str, Any] = dict(to_json(self.results))
+        if self.per_scene:
+            out["per_scene"] = {p: per_scene_json(r) for p, r in self.per_scene.items()}
+        if self.diversity:
+            out["diversity"] = {"frozen": to_json({"mmr": self.diversity})["mmr"]}
+        if self.social:
+            out["social"] = self.social
+        return out
 
     def dump_lines(self) -> Iterator[dict[str, Any]]:
         for system, result in self.frozen_lists.items():
@@ -155,9 +197,9 @@ def run(opts: Options) -> HarnessOutput:
                 "recent-popular-14d": lambda: RecentPopular(catalog, ANCHOR_DAYS),
                 "item-knn": lambda: ItemKNN(catalog),
                 "bpr-mf": lambda: BPRMF(catalog, epochs=bpr_epochs),
-                "scenerec": lambda: make_scenerec(sc.frozen),
-                "scenerec-no-profile": lambda: make_scenerec(
-                    replace(sc.frozen, use_profiles=False)
+                "scenerec": lambda: _mmr(make_scenerec(sc.frozen), vecs, opts.mmr_lambda),
+                "scenerec-no-profile": lambda: _mmr(
+                    make_scenerec(replace(sc.frozen, use_profiles=False)), vecs, opts.mmr_lambda
                 ),
             },
             train,
@@ -175,9 +217,27 @@ def run(opts: Options) -> HarnessOutput:
         out.results["frozen"] = {
             name: _list_result(res, catalog, vecs) for name, res in out.frozen_lists.items()
         }
+        base = fitted["scenerec"]
+        base = base.model if isinstance(base, Diversified) else base
+        out.diversity = timer.run(
+            "MMR sweep (A)",
+            lambda: {
+                f"{lam:g}": _list_result(
+                    run_frozen(Diversified(base, vecs, lam), train + valid, test), catalog, vecs
+                )
+                for lam in opts.mmr_sweep
+            },
+        )
     if want_online and rp_online is not None:
         scored = test[:QUICK_TEST_EVENTS] if opts.quick else test
-        contenders = _online_contenders(fitted, catalog, train, rp_online, sc, make_scenerec)
+        contenders = _online_contenders(
+            fitted,
+            catalog,
+            train,
+            rp_online,
+            sc,
+            lambda c: _mmr(make_scenerec(c), vecs, opts.mmr_lambda),
+        )
         records: dict[str, list[EventRecord]] = timer.run(
             "protocol B",
             lambda: run_prequential(
@@ -196,6 +256,16 @@ def run(opts: Options) -> HarnessOutput:
                 for name, recs in records.items()
                 if contenders[name].learn
             }
+    if opts.per_scene and {"frozen", "online"} & set(opts.protocols):
+        out.per_scene = timer.run(
+            "per-scene feeds",
+            lambda: _per_scene(opts, catalog, vecs, train, valid, test, sc, make_scenerec),
+        )
+    if opts.social:
+        out.social = timer.run(
+            "social on lastfm-2k",
+            lambda: {"lastfm-2k": lastfm.run(load_lastfm2k(opts.data_dir), cache)},
+        )
     out.meta = {
         "dataset": ds.name,
         "quick": opts.quick,
@@ -216,9 +286,59 @@ def run(opts: Options) -> HarnessOutput:
             },
             "bpr-mf": {"epochs": bpr_epochs},
         },
+        "mmr_lambda": opts.mmr_lambda,
         "timings_s": timer.times,
     }
     return out
+
+
+def _per_scene(
+    opts: Options,
+    catalog: Catalog,
+    vecs: npt.NDArray[np.float32],
+    train: Sequence[Event],
+    valid: Sequence[Event],
+    test: Sequence[Event],
+    sc: SceneRecTuning,
+    make_scenerec: Callable[[SceneRecConfig], SceneRec],
+) -> dict[str, PerSceneResult]:
+    """Scene feeds of the tuned SceneRec: co-learning, independent scenes, the worker's way.
+
+    The gates are fitted once, on train, while the first model is fitted; the scene
+    variants and blends are chosen on valid per protocol, then test is scored once.
+    """
+    feeds = SceneFeeds(catalog, vecs, variants(opts.quick), relations_from(train))
+    counts = train_event_counts(train)
+    grid = QUICK_SCENE_GRID if opts.quick else SCENE_GRID
+    out: dict[str, PerSceneResult] = {}
+
+    def fitted(cfg: SceneRecConfig) -> SceneRec:
+        model = make_scenerec(cfg)
+        if feeds.gates:
+            model.fit(train)
+        else:
+            fit_with_feeds(model, feeds, train)
+        return model
+
+    if "frozen" in opts.protocols:
+        model = fitted(sc.frozen)
+        tuning = tune(model, feeds, train, valid, grid, False, _desc(opts, "scenes A, valid"))
+        out["frozen"] = score_test(
+            model, feeds, [*train, *valid], test, tuning, counts, False, _desc(opts, "scenes A")
+        )
+    if "online" in opts.protocols:
+        model = fitted(sc.online)
+        # Prequential over valid: the model then has ingested valid, test's warm-up.
+        tuning = tune(model, feeds, train, valid, grid, True, _desc(opts, "scenes B, valid"))
+        scored = test[:QUICK_TEST_EVENTS] if opts.quick else test
+        out["online"] = score_test(
+            model, feeds, [*train, *valid], scored, tuning, counts, True, _desc(opts, "scenes B")
+        )
+    return out
+
+
+def _mmr(model: SceneRec, vecs: npt.NDArray[np.float32], lam: float) -> Recommender:
+    return model if lam >= 1.0 else Diversified(model, vecs, lam)
 
 
 def _windows(catalog: Catalog, days: Sequence[float]) -> dict[str, Callable[[], Recommender]]:
@@ -249,7 +369,7 @@ def _online_contenders(
     train: Sequence[Event],
     rp_online: Tuned,
     sc: SceneRecTuning,
-    make_scenerec: Callable[[SceneRecConfig], SceneRec],
+    make_scenerec: Callable[[SceneRecConfig], Recommender],
 ) -> dict[str, Contender]:
     """Each system online, and the same fitted model frozen, side by side."""
     recent = RecentPopular(catalog, _days(rp_online.label))

@@ -122,11 +122,15 @@ def run_prequential(
         excluded[rows] = True
         for name, c in contenders.items():
             scores = c.model.score(e.user)
-            rank = midrank(scores, target, excluded)
-            recs = tuple(catalog.ids[r] for r in top_k(scores, k, rows))
-            out[name].append(
-                EventRecord(idx, e.user, e.item, n_before[e.user], target_metrics(rank, k), recs)
-            )
+            listed = c.model.rerank(scores, k, rows)
+            if listed is None:
+                metrics = target_metrics(midrank(scores, target, excluded), k)
+                listed = top_k(scores, k, rows)
+            else:  # a reranked list is scored as listed: a target not in it is a miss
+                pos = listed.index(target) + 1 if target in listed else k + 1
+                metrics = target_metrics(float(pos), k)
+            recs = tuple(catalog.ids[r] for r in listed)
+            out[name].append(EventRecord(idx, e.user, e.item, n_before[e.user], metrics, recs))
         excluded[rows] = False
         for c in contenders.values():
             if c.learn:

@@ -114,6 +114,105 @@ def _table(protocol: str, systems: Mapping[str, SystemResult]) -> Table:
     return table
 
 
+def print_diversity(payload: Mapping[str, Any], console: Console | None = None) -> None:
+    """The MMR knob: accuracy against coverage and intra-list diversity, per lambda."""
+    console = console or Console(width=max(Console().width, 160), soft_wrap=False)
+    for protocol, rows in payload.items():
+        table = Table(
+            title=f"MMR diversity knob, SceneRec on {TITLES[protocol].split(':')[0]} "
+            "(lambda 1 = plain top-k)",
+            title_justify="left",
+        )
+        for col in ("MMR lambda", NDCG, HIT, "cov@10", "ILD"):
+            table.add_column(col, justify="right")
+        for lam, row in rows.items():
+            table.add_row(
+                lam,
+                f"{row[NDCG]:.4f} [{row[NDCG + '_lo']:.4f}, {row[NDCG + '_hi']:.4f}]",
+                f"{row[HIT]:.4f}",
+                f"{row['coverage@10']:.3f}",
+                f"{row['diversity@10']:.3f}",
+            )
+        console.print(table)
+
+
+def print_social(payload: Mapping[str, Any], console: Console | None = None) -> None:
+    """The social experiment: systems with and without friends' influence."""
+    console = console or Console(width=max(Console().width, 160), soft_wrap=False)
+    for dataset, data in payload.items():
+        meta = data["meta"]
+        table = Table(
+            title=f"Social on {dataset}: random 80/20 split of listening pairs, "
+            f"{meta['test_users']} test users, all artists ranked (tuned on a valid slice "
+            "of train)",
+            title_justify="left",
+        )
+        for col in ("system", NDCG, HIT, "tuned on valid"):
+            table.add_column(col, justify="right" if col != "system" else "left")
+        for name, row in data["systems"].items():
+            table.add_row(
+                name,
+                f"{row[NDCG]:.4f} [{row[NDCG + '_lo']:.4f}, {row[NDCG + '_hi']:.4f}]",
+                f"{row[HIT]:.4f} [{row[HIT + '_lo']:.4f}, {row[HIT + '_hi']:.4f}]",
+                row.get("tuned", ""),
+            )
+        d = data["social_minus_no_social"]
+        table.add_row("social - no social (paired)", _delta(d[NDCG]), _delta(d[HIT]), "")
+        console.print(table)
+
+
+PER_SCENE_TITLES = {
+    "frozen": "Per-scene feeds, Protocol A (frozen): NDCG@10 per (user, scene), sparsest first",
+    "online": "Per-scene feeds, Protocol B (online): NDCG@10 per test event, sparsest first",
+}
+FAMILY_LABELS = {
+    "independent": "independent",
+    "colearn": "co-learning",
+    "worker": "worker today",
+}
+
+
+def print_per_scene(payload: Mapping[str, Any], console: Console | None = None) -> None:
+    """One table per protocol from ``eval.json``'s ``per_scene`` part."""
+    console = console or Console(width=max(Console().width, 160), soft_wrap=False)
+    for protocol, data in payload.items():
+        console.print(per_scene_table(protocol, data))
+
+
+def per_scene_table(protocol: str, data: Mapping[str, Any]) -> Table:
+    table = Table(title=PER_SCENE_TITLES.get(protocol, protocol), title_justify="left")
+    table.add_column("scene")
+    table.add_column("train events", justify="right")
+    table.add_column("n", justify="right")
+    for label in FAMILY_LABELS.values():
+        table.add_column(label, justify="right")
+    table.add_column("co-learning - independent", justify="right")
+    scenes = [s for s in data if s not in ("all", "sparsest", "tuned", "valid_ndcg@10")]
+    for scene in scenes:
+        row = data[scene]
+        fams = [f for f in FAMILY_LABELS if f in row]
+        n = row[fams[0]]["n_events"] if fams else 0
+        cells = [_ci(row.get(f)) for f in FAMILY_LABELS]
+        d = row.get("colearn_minus_independent")
+        delta = (
+            "-" if d is None else f"{d['delta']:+.4f} [{d['delta_lo']:+.4f}, {d['delta_hi']:+.4f}]"
+        )
+        table.add_row(scene, str(row["train_events"]), str(n), *cells, delta)
+    pooled = data.get("all", {})
+    table.add_row("all scenes", "", "", *(_ci(pooled.get(f)) for f in FAMILY_LABELS), "")
+    return table
+
+
+def _delta(d: Mapping[str, float]) -> str:
+    return f"{d['delta']:+.4f} [{d['delta_lo']:+.4f}, {d['delta_hi']:+.4f}]"
+
+
+def _ci(est: Mapping[str, float] | None) -> str:
+    if not est:
+        return "-"
+    return f"{est[NDCG]:.4f} [{est[NDCG + '_lo']:.4f}, {est[NDCG + '_hi']:.4f}]"
+
+
 def dump_recs(fh: IO[str], lines: Iterable[Mapping[str, Any]]) -> int:
     """JSON lines: protocol, system, user, event index (or null), ranked item ids."""
     n = 0

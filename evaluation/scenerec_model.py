@@ -13,7 +13,11 @@ score of item ``i`` for user ``u`` blends three per-item components:
 * ``similarity``: ``(u ⊙ s) · i`` with the user's global vector (the profile vector for a
   user not seen clicking yet) and the global scene gate, exactly the worker's ranking score;
 * ``cooccurrence``: log of the item-item cosine mass from everything the user had
-  (``embeddings.cooccurrence``), taste once a few events are known.
+  (``embeddings.cooccurrence``), taste once a few events are known;
+* ``gated_similarity``: ``(u ⊙ g) · i`` with the global gate ``g`` learned by BPR on the
+  training events (``embeddings.colearn.fit_gates``): the same user vector, with the
+  dimensions that separated clicked from unclicked items weighted up. The tuner picks
+  either this or the plain similarity (or neither) per tenure bucket.
 
 The blend weights depend on the user's tenure (``embeddings.blend.TenureBlend``); they and
 the decay constants are chosen on the valid split only (``evaluation.tuning``).
@@ -21,14 +25,16 @@ the decay constants are chosen on the valid split only (``evaluation.tuning``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from embeddings.blend import TenureBlend
+from embeddings.colearn import GateFitConfig, GateSamples, fit_gates
 from embeddings.cooccurrence import CoOccurrence
+from embeddings.diversity import mmr
 from embeddings.popularity import DecayedPopularity
 from embeddings.ranking import GLOBAL, ItemIndex
 from embeddings.scenes import SceneGates
@@ -40,7 +46,10 @@ from evaluation.data import Catalog, Event
 FloatArray = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float32]
 
-COMPONENTS = ("popularity", "transitions", "similarity", "cooccurrence")
+COMPONENTS = ("popularity", "transitions", "similarity", "cooccurrence", "gated_similarity")
+#: Called with (event, the user's state before the event, item row) for every event the
+#: model ingests, before it is applied: how per-scene models collect their training data.
+Observer = Callable[[Event, UserState, int], None]
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,14 @@ class SceneRecConfig:
     recent: int = 5
     recency_decay: float = 0.6
     use_profiles: bool = True
-    blend: TenureBlend = field(default_factory=lambda: TenureBlend.uniform((1.0, 2.0, 2.0, 1.0)))
+    #: Fit the global gate of ``gated_similarity`` on train (BPR, L2 ``gate_reg``); off,
+    #: that component is zero.
+    learn_gate: bool = True
+    gate_reg: float = 1e-5
+    gate_negatives: str = "popular"
+    blend: TenureBlend = field(
+        default_factory=lambda: TenureBlend.uniform((1.0, 2.0, 2.0, 1.0, 0.0))
+    )
 
     def label(self) -> str:
         return (
@@ -100,6 +116,8 @@ class SceneRec(Recommender):
         )
         self.cooccurrence = CoOccurrence(n)
         self._states: dict[str, UserState] = {}
+        self.observers: list[Observer] = []
+        self._gate_learned = False
 
     def _vector(self, item_id: str) -> Vector:
         vec = self.index.vector(item_id)
@@ -126,14 +144,40 @@ class SceneRec(Recommender):
 
     def fit(self, train: Sequence[Event]) -> None:
         # A streaming model learns from train exactly as it learns online: event by event.
-        for event in train:
-            self.update(event)
+        samples = GateSamples(self._mat.shape[1]) if self.config.learn_gate else None
+        if samples is not None:
+
+            def collect(event: Event, state: UserState, row: int) -> None:
+                samples.add(GLOBAL, state.global_vec, row)
+
+            self.observers.append(collect)
+        try:
+            for event in train:
+                self.update(event)
+        finally:
+            if samples is not None:
+                self.observers.remove(collect)
+        if samples is not None and len(samples):
+            gate = fit_gates(
+                samples,
+                self._mat,
+                {GLOBAL: np.arange(len(self.catalog))},
+                GateFitConfig(
+                    mode="independent",
+                    reg=self.config.gate_reg,
+                    negatives=self.config.gate_negatives,
+                ),
+            )[GLOBAL]
+            self.gates.set_gate(GLOBAL, gate)
+            self._gate_learned = True
 
     def update(self, event: Event) -> None:
         if event.item not in self.catalog:
             return
         row = self.catalog.row(event.item)
         state = self.state(event.user)
+        for observe in self.observers:
+            observe(event, state, row)
         history = [self.catalog.row(i) for i in state.recent]
         self.transitions.add(history, row, event.timestamp)
         if event.item not in state.seen:  # co-occurrence is over distinct items
@@ -145,17 +189,57 @@ class SceneRec(Recommender):
 
     def components(self, user: str) -> FloatArray:
         """``(len(COMPONENTS), n_items)`` features of every item for ``user``."""
-        state = self._states.get(user) or self._new_state(user)
+        state = self.known_state(user)
         cfg = self.config
         history = [self.catalog.row(i) for i in state.recent]
         trans = self.transitions.scores(history, cfg.recent, cfg.recency_decay)
-        if state.global_vec is None:
-            sim = np.zeros(len(self.catalog), dtype=np.float64)
-        else:
-            query = self.gates.apply(GLOBAL, state.global_vec)
-            sim = (self._mat @ query).astype(np.float64)
+        n = len(self.catalog)
+        sim = gated = np.zeros(n, dtype=np.float64)
+        if state.global_vec is not None:
+            sim = (self._mat @ state.global_vec).astype(np.float64)
+            if self._gate_learned:
+                query = self.gates.apply(GLOBAL, state.global_vec)
+                gated = (self._mat @ query).astype(np.float64)
         cooc = self.cooccurrence.scores([self.catalog.row(i) for i in state.seen])
-        return np.stack([self.popularity.log_scores(), np.log1p(trans), sim, np.log1p(cooc)])
+        return np.stack([self.popularity.log_scores(), np.log1p(trans), sim, np.log1p(cooc), gated])
+
+    @property
+    def item_matrix(self) -> npt.NDArray[np.float32]:
+        """Item vectors by catalog row (read only)."""
+        return self._mat
+
+    def known_state(self, user: str) -> UserState:
+        """The user's state, or a fresh one (profile-seeded) that is not stored."""
+        return self._states.get(user) or self._new_state(user)
 
     def score(self, user: str) -> FloatArray:
         return self.config.blend.score(self.components(user), self.n_events(user))
+
+
+class Diversified(Recommender):
+    """Any fitted system with its lists re-ranked by MMR (``embeddings.diversity``).
+
+    Learning and scores are the wrapped system's; only the top-k list changes, so the
+    protocols score the list as shown (``Recommender.rerank``).
+    """
+
+    def __init__(self, model: Recommender, vectors: npt.NDArray[np.float32], lam: float) -> None:
+        super().__init__(model.catalog)
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {lam}")
+        self.model, self.vectors, self.lam = model, vectors, lam
+        self.name = f"{model.name}-mmr{lam:g}"
+
+    def fit(self, train: Sequence[Event]) -> None:
+        self.model.fit(train)
+
+    def update(self, event: Event) -> None:
+        self.model.update(event)
+
+    def score(self, user: str) -> FloatArray:
+        return self.model.score(user)
+
+    def rerank(self, scores: FloatArray, k: int, exclude_rows: Sequence[int]) -> list[int] | None:
+        if self.lam >= 1.0:
+            return None
+        return mmr(scores, self.vectors, k, self.lam, exclude_rows)

@@ -11,7 +11,8 @@ uses their bucket's weights), so the best weights are picked bucket by bucket.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,18 +28,26 @@ from evaluation.scenerec_model import SceneRec, SceneRecConfig
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Candidate blend weights (popularity, transitions, similarity, co-occurrence), in the
-#: order of ``scenerec_model.COMPONENTS``. Popularity is the reference at weight 1; a large
-#: weight elsewhere makes popularity a mere tie-breaker.
-WEIGHT_GRID: tuple[tuple[float, ...], ...] = tuple(
-    (1.0, t, s, c)
-    for t, s, c in itertools.product(
-        (0.0, 0.5, 1.0, 2.0, 4.0, 8.0), (0.0, 1.0, 2.0, 4.0, 8.0), (0.0, 1.0, 2.0, 4.0)
-    )
+
+#: Candidate blend weights (popularity, transitions, similarity, co-occurrence, gated
+#: similarity), in the order of ``scenerec_model.COMPONENTS``. Popularity is the reference
+#: at weight 1; a large weight elsewhere makes popularity a mere tie-breaker. The plain and
+#: the gated similarity are alternatives (never both): the grid says which, if any, helps.
+def _grid(
+    trans: Sequence[float], sims: Sequence[float], coocs: Sequence[float], gated: Sequence[float]
+) -> tuple[tuple[float, ...], ...]:
+    plain = [(1.0, t, s, c, 0.0) for t, s, c in itertools.product(trans, sims, coocs)]
+    learned = [(1.0, t, 0.0, c, g) for t, c, g in itertools.product(trans, coocs, gated) if g > 0]
+    return tuple(plain + learned)
+
+
+WEIGHT_GRID = _grid(
+    (0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
+    (0.0, 1.0, 2.0, 4.0, 8.0),
+    (0.0, 1.0, 2.0, 4.0),
+    (4.0, 8.0, 16.0, 32.0),
 )
-QUICK_WEIGHT_GRID: tuple[tuple[float, ...], ...] = tuple(
-    (1.0, t, s, c) for t, s, c in itertools.product((0.0, 1.0, 4.0), (0.0, 2.0), (0.0, 2.0))
-)
+QUICK_WEIGHT_GRID = _grid((0.0, 1.0, 4.0), (0.0, 2.0), (0.0, 2.0), (8.0,))
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,12 @@ class _BucketScores:
         self.sums[b] += ndcg
         self.counts[b] += 1
 
-    def best(self, grid: npt.NDArray[np.float64]) -> tuple[TenureBlend, float]:
-        choice = self.sums.argmax(axis=1)  # first best on ties: the grid's simpler end
+    def best(
+        self, grid: npt.NDArray[np.float64], allowed: npt.NDArray[np.bool_] | None = None
+    ) -> tuple[TenureBlend, float]:
+        """Best weights per bucket, among the ``allowed`` grid rows (default: all)."""
+        sums = self.sums if allowed is None else np.where(allowed[None, :], self.sums, -np.inf)
+        choice = sums.argmax(axis=1)  # first best on ties: the grid's simpler end
         blend = TenureBlend(tuple(tuple(float(w) for w in grid[c]) for c in choice), self.edges)
         total = float(self.sums[np.arange(len(choice)), choice].sum() / max(self.counts.sum(), 1))
         return blend, total
@@ -170,25 +183,56 @@ def tune_scenerec(
     One fit on train per structure serves both: the frozen pass only reads the model, the
     online pass then replays valid through it.
     """
+    return tune_scenerec_subsets(make, structures, train, valid, grid, None, show_progress)[""]
+
+
+#: Which grid rows a restricted SceneRec may use (e.g. only some components, for an ablation).
+GridFilter = Callable[[tuple[float, ...]], bool]
+
+
+def tune_scenerec_subsets(
+    make: Callable[[SceneRecConfig], SceneRec],
+    structures: Sequence[SceneRecConfig],
+    train: Sequence[Event],
+    valid: Sequence[Event],
+    grid: Sequence[tuple[float, ...]],
+    subsets: Mapping[str, GridFilter] | None,
+    show_progress: bool = True,
+) -> dict[str, SceneRecTuning]:
+    """:func:`tune_scenerec` for several restrictions of the grid in the same passes.
+
+    Each subset's blend is the best among its allowed rows, so every restricted system is
+    tuned as carefully as the full one, at the cost of one pass per structure in all.
+    ``subsets=None`` is the whole grid, under the key ``""``.
+    """
     weights = np.asarray(grid, dtype=np.float64)
-    best: dict[str, tuple[float, SceneRecConfig]] = {}
-    valid_scores: dict[str, dict[str, float]] = {"frozen": {}, "online": {}}
+    masks = {
+        name: np.array([keep(tuple(row)) for row in grid], dtype=np.bool_)
+        for name, keep in (subsets or {"": lambda _row: True}).items()
+    }
+    best: dict[tuple[str, str], tuple[float, SceneRecConfig]] = {}
+    valid_scores: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for cfg in tqdm(structures, desc="tune scenerec", disable=not show_progress, leave=False):
         model = make(cfg)
         model.fit(train)
         for kind, run in (("frozen", _frozen_pass), ("online", _online_pass)):
-            blend, value = run(model, weights, train, valid, show_progress).best(weights)
-            valid_scores[kind][cfg.label()] = value
-            if kind not in best or value > best[kind][0] + 1e-12:
-                best[kind] = (value, cfg.with_blend(blend))
+            acc = run(model, weights, train, valid, show_progress)
+            for name, mask in masks.items():
+                blend, value = acc.best(weights, mask)
+                valid_scores[(name, kind)][cfg.label()] = value
+                if (name, kind) not in best or value > best[(name, kind)][0] + 1e-12:
+                    best[(name, kind)] = (value, cfg.with_blend(blend))
     if not best:
         raise ValueError("no SceneRec structure to tune")
-    return SceneRecTuning(
-        frozen=best["frozen"][1],
-        online=best["online"][1],
-        frozen_valid=valid_scores["frozen"],
-        online_valid=valid_scores["online"],
-    )
+    return {
+        name: SceneRecTuning(
+            frozen=best[(name, "frozen")][1],
+            online=best[(name, "online")][1],
+            frozen_valid=valid_scores[(name, "frozen")],
+            online_valid=valid_scores[(name, "online")],
+        )
+        for name in masks
+    }
 
 
 def scenerec_structures(quick: bool) -> list[SceneRecConfig]:

@@ -1,9 +1,14 @@
-"""Real data sets -> SceneRec events (catalog items, profiles, clicks in time order).
+"""Real data sets -> SceneRec events (catalog items, profiles, clicks, social edges).
 
 ml-100k has no scenes of its own, so its 19 genres are grouped into six scenes
 (:data:`ML100K_SCENES`); an item belongs to every scene one of its genres maps to, and a
 rating happens in the scene of the item's first genre. Ratings become clicks, ordered by
 timestamp with a stable sort (ties keep file order, as in EVALUATION.md).
+
+lastfm-2k (HetRec 2011) has one scene, ``music``: artists are the items, every
+(user, artist) listening pair is one event weighted by its listening count, and the
+friendships are social edges. It has no timestamps at all: events and edges keep file
+order with ``ts = 0``, and a split has to be random (``evaluation.data.load_lastfm2k``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,8 @@ class Dataset:
     items: list[dict[str, Any]]
     profiles: list[dict[str, Any]]
     clicks: list[dict[str, Any]]
+    #: Directed ``{"source", "target", "kind", "ts"}`` edges (``ts`` None when unknown).
+    social: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _rows(path: Path) -> Iterator[dict[str, str]]:
@@ -131,4 +138,43 @@ def load_ml100k(data_dir: Path, with_kg: bool = True) -> Dataset:
     return Dataset("ml-100k", items, profiles, clicks)
 
 
-DATASETS = {"ml-100k": load_ml100k}
+#: lastfm-2k's only scene.
+LASTFM_SCENE = "music"
+
+
+def load_lastfm2k(data_dir: Path) -> Dataset:
+    """lastfm-2k: artists, listening pairs (as weighted clicks, file order), friendships."""
+    root = data_dir / "lastfm-2k"
+    items = [
+        {
+            "item_id": r["id"],
+            "scenes": [LASTFM_SCENE],
+            "title": r["name"],
+            "description": "",
+            "relations": [],
+        }
+        for r in _rows(root / "artists.dat")
+        if r.get("name") is not None
+    ]
+    known = {it["item_id"] for it in items}
+    clicks = [
+        {
+            "event_id": f"lastfm2k-{k}",
+            "user_id": r["userID"],
+            "item_id": r["artistID"],
+            "scene": LASTFM_SCENE,
+            "ts": 0.0,
+            "weight": float(r["weight"]),
+        }
+        for k, r in enumerate(_rows(root / "user_artists.dat"))
+        if r.get("weight") is not None and r["artistID"] in known
+    ]
+    social = [
+        {"source": r["userID"], "target": r["friendID"], "kind": "friend", "ts": None}
+        for r in _rows(root / "user_friends.dat")
+        if r.get("friendID") is not None
+    ]
+    return Dataset("lastfm-2k", items, [], clicks, social)
+
+
+DATASETS = {"ml-100k": load_ml100k, "lastfm-2k": load_lastfm2k}

@@ -6,6 +6,7 @@ import csv
 import itertools
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from embeddings.blend import TenureBlend, tenure_bucket, top_k
 from embeddings.cooccurrence import CoOccurrence
 from embeddings.popularity import DecayedPopularity
 from embeddings.transitions import TransitionCounts
+from evaluation import per_scene
 from evaluation.baselines import DAY_S, ItemKNN, MostPopular, RecentPopular
 from evaluation.cli import main
 from evaluation.data import Catalog, Dataset, Event, Item, Split, load_lastfm2k, load_ml100k
@@ -183,17 +185,23 @@ def test_bucket_scores_pick_the_best_weights_per_bucket() -> None:
 # --- tiny synthetic data: the contract and the protocols ---------------------------------
 
 
+def _clicks(seq: Sequence[tuple[str, str]], scene_of: dict[str, str]) -> list[Event]:
+    """One click per day, in order, each in its item's scene."""
+    return [
+        Event(user=u, item=i, scene=scene_of[i], kind="click", timestamp=float(t) * DAY_S)
+        for t, (u, i) in enumerate(seq)
+    ]
+
+
+def _unit_vectors(n: int) -> np.ndarray:
+    vecs = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
 def tiny() -> tuple[Catalog, list[Event], np.ndarray]:
     items = [Item(id=f"i{k}", scenes=("a",), text=f"item {k}", title=f"Item {k}") for k in range(6)]
     seq = [("u1", "i0"), ("u1", "i1"), ("u2", "i0"), ("u2", "i1"), ("u3", "i0"), ("u1", "i2")]
-    events = [
-        Event(user=u, item=i, scene="a", kind="click", timestamp=float(t) * DAY_S)
-        for t, (u, i) in enumerate(seq)
-    ]
-    rng = np.random.default_rng(0)
-    vecs = rng.standard_normal((6, 8)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return Catalog(items), events, vecs
+    return Catalog(items), _clicks(seq, {it.id: "a" for it in items}), _unit_vectors(6)
 
 
 def test_scenerec_follows_the_contract_and_learns_online() -> None:
@@ -231,6 +239,66 @@ def test_prequential_scores_before_ingesting_and_frozen_never_learns() -> None:
     assert "i0" not in out["on"][1].recs  # u2's earlier item is left out
     cold = cold_start(out["on"], train_users={"u1"})
     assert [len(cold[b]) for b in ("1st", "2nd-3rd", "4th-10th")] == [2, 1, 0]
+
+
+def two_scene_data() -> tuple[Catalog, list[Event], np.ndarray]:
+    """Six items in two scenes; u1..u4 alternate scenes, u5 arrives later."""
+    items = [
+        Item(id=f"i{k}", scenes=("a",) if k < 3 else ("b",), text=f"item {k}", title=f"I{k}")
+        for k in range(6)
+    ]
+    seq = [
+        ("u1", "i0"), ("u1", "i3"), ("u2", "i0"), ("u2", "i4"), ("u3", "i1"), ("u3", "i3"),
+        ("u4", "i0"), ("u1", "i1"), ("u2", "i1"), ("u4", "i3"), ("u5", "i0"), ("u5", "i3"),
+    ]  # fmt: skip
+    events = _clicks(seq, {it.id: it.scenes[0] for it in items})
+    return Catalog(items), events, _unit_vectors(6)
+
+
+def test_per_scene_feeds_rank_only_the_scene_and_report_every_family() -> None:
+    catalog, events, vecs = two_scene_data()
+    train, valid, test = events[:6], events[6:9], events[9:]
+    feeds = per_scene.SceneFeeds(
+        catalog, vecs, per_scene.variants(quick=True), per_scene.relations_from(train)
+    )
+    model = SceneRec(catalog, vecs, {}, SceneRecConfig())
+    per_scene.fit_with_feeds(model, feeds, train)
+    # Co-learning has a query before every event; the independent scene vector exists only
+    # from a user's second click in a scene, which never happens in this train: no gate.
+    assert [feeds.variants[n].family for n in feeds.gates] == ["colearn"]
+    rows, comps = feeds.components(model, "u1", "b", list(feeds.variants))
+    assert list(rows) == [3, 4, 5] and all(c.shape == (4, 3) for c in comps.values())
+    grid = per_scene.QUICK_SCENE_GRID
+    counts = per_scene.train_event_counts(train)
+    tuned = per_scene.tune(model, feeds, train, valid, grid, False)
+    frozen = per_scene.score_test(model, feeds, train + valid, test, tuned, counts, False)
+    assert set(frozen.estimates) == set(per_scene.FAMILIES)
+    assert frozen.scenes == ["a", "b"]  # by train events (3 each), then by name
+    tuning = per_scene.tune(model, feeds, train, valid, grid, True)
+    online = per_scene.score_test(model, feeds, train + valid, test, tuning, counts, True)
+    # Every test event is scored once per family, in its own scene.
+    assert {s: len(r) for s, r in online.records["colearn"].items()} == {"a": 1, "b": 2}
+    payload = per_scene.to_json(online)
+    assert payload["sparsest"] == ["a", "b"]
+    assert "colearn_minus_independent" in payload["b"]
+
+
+class _Reversed(MostPopular):
+    """Most-popular that lists its top-k in reverse: scored by its list, not its scores."""
+
+    def rerank(self, scores: np.ndarray, k: int, exclude_rows: Sequence[int]) -> list[int]:
+        return top_k(scores, k, exclude_rows)[::-1]
+
+
+def test_a_reranked_list_is_scored_by_position_in_protocol_b() -> None:
+    catalog, events, _ = tiny()
+    model = _Reversed(catalog)
+    model.fit(events[:4])  # i0 and i1 twice each: i0 first by row order
+    out = run_prequential({"r": Contender(model, False)}, catalog, events[:4], (), events[4:5])
+    record = out["r"][0]  # u3 clicks i0: listed last of 6 (k=10), i.e. position 6
+    assert record.recs[-1] == "i0"
+    assert record.metrics[MRR] == pytest.approx(1 / 6)
+    assert model.recommend("u3", k=2) == ["i1", "i0"]
 
 
 def test_recent_popular_forgets_events_older_than_the_window() -> None:
