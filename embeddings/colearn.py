@@ -31,7 +31,7 @@ per training event (80,000 x 384 for ml-100k) in one thread.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -326,3 +326,50 @@ def scene_candidates(item_scenes: Sequence[Sequence[str]]) -> dict[str, npt.NDAr
     cands = {s: np.asarray(r, dtype=np.intp) for s, r in out.items()}
     cands[GLOBAL] = np.arange(len(item_scenes), dtype=np.intp)
     return cands
+
+
+def fit_colearner(
+    events: Iterable[tuple[str, str, str]],
+    item_ids: Sequence[str],
+    item_matrix: Matrix,
+    item_scenes: Sequence[Sequence[str]],
+    config: CoLearnConfig | None = None,
+    scene_gates: GateFitConfig | None = None,
+    global_gate: GateFitConfig | None = None,
+) -> CoLearner:
+    """Everything co-learning needs, from a log of ``(user, item_id, scene)`` in time order.
+
+    The offline job behind the worker's learned gates: replays the log through fresh
+    ``UserState``s (as the worker builds them, clicks only), collects each event's query
+    before it is applied, and fits the scene gates (``scene_gates``, default: shared shape,
+    uniform in-scene negatives) and the global feed's gate (``global_gate``, default:
+    popular negatives). Unknown items are skipped.
+    """
+    cfg = config or CoLearnConfig()
+    log = list(events)
+    row = {item: r for r, item in enumerate(item_ids)}
+    counts: dict[str, dict[str, int]] = {}
+    for user, item, scene in log:
+        if item in row:
+            per_user = counts.setdefault(user, {})
+            per_user[scene] = per_user.get(scene, 0) + 1
+    relations = SceneRelations.from_activity(counts)
+    dim = item_matrix.shape[1]
+    scene_samples, global_samples = GateSamples(dim), GateSamples(dim)
+    states: dict[str, UserState] = {}
+    for user, item, scene in log:
+        r = row.get(item)
+        if r is None:
+            continue
+        state = states.setdefault(user, UserState())
+        scene_samples.add(scene, colearned_scene_vector(state, scene, relations, cfg), r)
+        global_samples.add(GLOBAL, state.global_vec, r)
+        state.apply_item(item, item_matrix[r], scene)
+    candidates = scene_candidates(item_scenes)
+    gates = SceneGates(dim)
+    fitted = fit_gates(scene_samples, item_matrix, candidates, scene_gates or GateFitConfig())
+    glob = global_gate or GateFitConfig(mode="independent", reg=1e-5, negatives="popular")
+    fitted.update(fit_gates(global_samples, item_matrix, candidates, glob))
+    for scene, gate in fitted.items():
+        gates.set_gate(scene, gate)
+    return CoLearner(gates, relations, cfg)

@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "social" in payload:
         print_social(payload["social"])
     write_json(args.out, payload)
+    if out.colearner is not None:
+        # What the worker loads to rank with learned gates and co-learned scene vectors.
+        out.colearner.save(args.out.with_name("colearn.json"))
+        print(f"wrote {args.out.with_name('colearn.json')} (co-learning gates, chosen on valid)")
     write_json(args.out.with_suffix(".meta.json"), out.meta)
     if args.dump_recs is not None:
         args.dump_recs.parent.mkdir(parents=True, exist_ok=True)

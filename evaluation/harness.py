@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embeddings.colearn import GLOBAL, CoLearner
 from evaluation import lastfm
 from evaluation.baselines import (
     BPRMF,
@@ -34,6 +35,7 @@ from evaluation.per_scene import (
     SCENE_GRID,
     PerSceneResult,
     SceneFeeds,
+    colearner_for,
     fit_with_feeds,
     relations_from,
     score_test,
@@ -103,6 +105,8 @@ class HarnessOutput:
     per_scene: dict[str, PerSceneResult] = field(default_factory=dict)
     #: MMR lambda -> SceneRec on Protocol A with its lists re-ranked.
     diversity: dict[str, SystemResult] = field(default_factory=dict)
+    #: The co-learning state chosen on valid (Protocol B), for the worker to load.
+    colearner: CoLearner | None = None
     #: Data set -> the social experiment's JSON (``evaluation.lastfm.run``).
     social: dict[str, Any] = field(default_factory=dict)
 
@@ -257,7 +261,7 @@ def run(opts: Options) -> HarnessOutput:
                 if contenders[name].learn
             }
     if opts.per_scene and {"frozen", "online"} & set(opts.protocols):
-        out.per_scene = timer.run(
+        out.per_scene, out.colearner = timer.run(
             "per-scene feeds",
             lambda: _per_scene(opts, catalog, vecs, train, valid, test, sc, make_scenerec),
         )
@@ -301,7 +305,7 @@ def _per_scene(
     test: Sequence[Event],
     sc: SceneRecTuning,
     make_scenerec: Callable[[SceneRecConfig], SceneRec],
-) -> dict[str, PerSceneResult]:
+) -> tuple[dict[str, PerSceneResult], CoLearner | None]:
     """Scene feeds of the tuned SceneRec: co-learning, independent scenes, the worker's way.
 
     The gates are fitted once, on train, while the first model is fitted; the scene
@@ -311,6 +315,7 @@ def _per_scene(
     counts = train_event_counts(train)
     grid = QUICK_SCENE_GRID if opts.quick else SCENE_GRID
     out: dict[str, PerSceneResult] = {}
+    learner: CoLearner | None = None
 
     def fitted(cfg: SceneRecConfig) -> SceneRec:
         model = make_scenerec(cfg)
@@ -330,11 +335,12 @@ def _per_scene(
         model = fitted(sc.online)
         # Prequential over valid: the model then has ingested valid, test's warm-up.
         tuning = tune(model, feeds, train, valid, grid, True, _desc(opts, "scenes B, valid"))
+        learner = colearner_for(feeds, tuning, model.gates.gate(GLOBAL))
         scored = test[:QUICK_TEST_EVENTS] if opts.quick else test
         out["online"] = score_test(
             model, feeds, [*train, *valid], scored, tuning, counts, True, _desc(opts, "scenes B")
         )
-    return out
+    return out, learner
 
 
 def _mmr(model: SceneRec, vecs: npt.NDArray[np.float32], lam: float) -> Recommender:

@@ -42,7 +42,9 @@ from tqdm import tqdm
 
 from embeddings.blend import TenureBlend
 from embeddings.colearn import (
+    GLOBAL,
     CoLearnConfig,
+    CoLearner,
     GateFitConfig,
     GateSamples,
     SceneRelations,
@@ -51,6 +53,7 @@ from embeddings.colearn import (
     independent_scene_vector,
     scene_candidates,
 )
+from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState
 from embeddings.vectors import Vector
 from evaluation.data import Catalog, Event
@@ -125,6 +128,24 @@ def variants(quick: bool = False) -> list[Variant]:
         for share, reg in ((0.0, 1e-5), (0.0, 1e-4), (0.5, 1e-4))
     ]
     return [*out, Variant("worker")]
+
+
+def colearner_for(
+    feeds: SceneFeeds, tuning: SceneTuning, global_gate: Vector | None
+) -> CoLearner | None:
+    """The chosen co-learning variant as the worker would load it (gates, relations, config)."""
+    chosen = tuning.chosen.get("colearn")
+    if chosen is None:
+        return None
+    variant = chosen[0]
+    if variant.colearn is None:
+        return None
+    gates = SceneGates(feeds.items.shape[1])
+    for scene, gate in feeds.gates.get(variant.name, {}).items():
+        gates.set_gate(scene, gate)
+    if global_gate is not None:
+        gates.set_gate(GLOBAL, global_gate)
+    return CoLearner(gates, feeds.relations, variant.colearn)
 
 
 def relations_from(train: Iterable[Event]) -> SceneRelations:

@@ -69,6 +69,10 @@ class SceneRecConfig:
     learn_gate: bool = True
     gate_reg: float = 1e-5
     gate_negatives: str = "popular"
+    #: Freshness: the popularity component is ``log pop - age_weight * log(1 + age)``,
+    #: ``age`` being days since the item's first click in the stream. Among equally popular
+    #: items, one that just appeared is rising; one that has been around is fading.
+    age_weight: float = 0.0
     blend: TenureBlend = field(
         default_factory=lambda: TenureBlend.uniform((1.0, 2.0, 2.0, 1.0, 0.0))
     )
@@ -76,7 +80,7 @@ class SceneRecConfig:
     def label(self) -> str:
         return (
             f"hl={self.half_life_days:g}d start={self.start_half_life_days:g}d "
-            f"win={self.window} recent={self.recent}"
+            f"win={self.window} recent={self.recent} age={self.age_weight:g}"
         )
 
     def with_blend(self, blend: TenureBlend) -> SceneRecConfig:
@@ -115,6 +119,8 @@ class SceneRec(Recommender):
             start_half_life_s=self.config.start_half_life_days * DAY_S,
         )
         self.cooccurrence = CoOccurrence(n)
+        self._first_click = np.full(n, np.nan)
+        self._now = -np.inf
         self._states: dict[str, UserState] = {}
         self.observers: list[Observer] = []
         self._gate_learned = False
@@ -183,6 +189,9 @@ class SceneRec(Recommender):
         if event.item not in state.seen:  # co-occurrence is over distinct items
             self.cooccurrence.add([self.catalog.row(i) for i in state.seen], row)
         self.popularity.add(row, event.timestamp)
+        if np.isnan(self._first_click[row]):
+            self._first_click[row] = event.timestamp
+        self._now = max(self._now, event.timestamp)
         self.index.count_click(event.item, event.timestamp)
         # Event weights (lastfm listening counts) are not click strengths: every click counts 1.
         state.apply_item(event.item, self._mat[row], event.scene)
@@ -201,7 +210,15 @@ class SceneRec(Recommender):
                 query = self.gates.apply(GLOBAL, state.global_vec)
                 gated = (self._mat @ query).astype(np.float64)
         cooc = self.cooccurrence.scores([self.catalog.row(i) for i in state.seen])
-        return np.stack([self.popularity.log_scores(), np.log1p(trans), sim, np.log1p(cooc), gated])
+        return np.stack([self._popularity(), np.log1p(trans), sim, np.log1p(cooc), gated])
+
+    def _popularity(self) -> FloatArray:
+        pop = self.popularity.log_scores()
+        if self.config.age_weight == 0.0:
+            return pop
+        age_days = np.nan_to_num((self._now - self._first_click) / DAY_S, nan=0.0)
+        out: FloatArray = pop - self.config.age_weight * np.log1p(np.maximum(age_days, 0.0))
+        return out
 
     @property
     def item_matrix(self) -> npt.NDArray[np.float32]:

@@ -15,6 +15,7 @@ from embeddings.colearn import (
     GateSamples,
     SceneRelations,
     colearned_scene_vector,
+    fit_colearner,
     fit_gates,
     independent_scene_vector,
     scene_candidates,
@@ -161,3 +162,26 @@ def test_mmr_lambda_one_is_top_k_and_lower_lambda_diversifies() -> None:
     assert 1 not in mmr(scores, vecs, 3, 0.5, exclude_rows=[1])
     with pytest.raises(ValueError, match="lam"):
         mmr(scores, vecs, 3, 1.5)
+
+
+def test_fit_colearner_from_an_event_log_gives_every_scene_and_the_global_feed_a_gate(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(3)
+    items = [f"i{k}" for k in range(2 * DIM)]
+    mat = _items()
+    scenes = [("a",) if k < DIM else ("b",) for k in range(2 * DIM)]
+    log = []
+    for u in range(40):
+        for _ in range(6):
+            k = int(rng.integers(2 * DIM))
+            log.append((f"u{u}", items[k], scenes[k][0]))
+    log.append(("u0", "unknown-item", "a"))  # skipped, not an error
+    learner = fit_colearner(log, items, mat, scenes)
+    assert {s for s, _ in learner.gates.items()} == {"a", "b", "global"}
+    assert learner.relations is not None and learner.relations.scenes == ("a", "b")
+    learner.save(tmp_path / "c.json")
+    state = UserState()
+    state.apply_item("i0", mat[0], "a")
+    again = CoLearner.load(tmp_path / "c.json").query(state, "b")
+    assert again is not None and np.allclose(again, learner.query(state, "b"), atol=1e-5)

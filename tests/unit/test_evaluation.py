@@ -241,6 +241,24 @@ def test_prequential_scores_before_ingesting_and_frozen_never_learns() -> None:
     assert [len(cold[b]) for b in ("1st", "2nd-3rd", "4th-10th")] == [2, 1, 0]
 
 
+def test_freshness_lifts_a_new_item_over_an_old_one_as_popular() -> None:
+    items = [Item(id=f"i{k}", scenes=("a",), text=f"item {k}", title=f"I{k}") for k in range(2)]
+    catalog = Catalog(items)
+    # i0 clicked 20 days ago, i1 now: the age term is the only difference between the two
+    # models' popularity components.
+    events = [Event("u1", "i0", "a", "click", 0.0), Event("u2", "i1", "a", "click", 20 * DAY_S)]
+    plain, fresh = (
+        SceneRec(catalog, _unit_vectors(2), {}, SceneRecConfig(age_weight=w, learn_gate=False))
+        for w in (0.0, 0.25)
+    )
+    for model in (plain, fresh):
+        model.fit(events)
+    gap_plain = np.diff(plain.components("x")[0])[0]  # pop(i1) - pop(i0)
+    gap_fresh = np.diff(fresh.components("x")[0])[0]
+    # i0 has been around for 20 days: freshness widens i1's lead by 0.25 * log(21).
+    assert gap_fresh - gap_plain == pytest.approx(0.25 * math.log(21.0))
+
+
 def two_scene_data() -> tuple[Catalog, list[Event], np.ndarray]:
     """Six items in two scenes; u1..u4 alternate scenes, u5 arrives later."""
     items = [
