@@ -46,6 +46,6 @@ ENV PYTHONPATH=/app \
 USER scenerec
 
 # worker web (/metrics, /ready), Ray Serve HTTP, Ray metrics export, Ray dashboard
-EXPOSE 16066 18000 18080 8265
+EXPOSE 16066 18000 9188 8265
 
 CMD ["python", "-m", "faust", "-A", "streams.app", "worker", "-l", "info"]

@@ -79,8 +79,9 @@ class Settings(BaseSettings):
         default=None, description="a running encoder route; unset = the project's Ray Serve app"
     )
     serve_port: int = 18000
-    #: Ray's Prometheus export (Ray's own metrics and the Serve apps' custom ones).
-    ray_metrics_port: int = 18080
+    #: Ray's Prometheus export (Ray's own metrics and the Serve apps' custom ones). Outside
+    #: Ray's default worker-port range (10002-19999), which `ray start` refuses to overlap.
+    ray_metrics_port: int = 9188
     encoder_model_path: str | None = None
     encoder_device: str = "cpu"
     encoder_replicas: int = 1

@@ -51,6 +51,8 @@ app = faust.App(
     broker=f"kafka://{settings.bootstrap}",
     broker_credentials=_credentials(settings),
     store="memory://",
+    # Faust's own folder (table metadata) in the data folder, not the current directory.
+    datadir=str(settings.var_dir / "faust"),
     topic_partitions=settings.partitions,
     key_serializer="raw",
     value_serializer="raw",

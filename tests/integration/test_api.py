@@ -128,7 +128,18 @@ async def test_every_endpoint_exports_its_metrics_and_they_move(
     before = scrape(worker_url)
     user = await clicked_user(services, bus, catalog)
     await bus.send("users.profiles", u2 := uid(), {"user_id": u2, "profile_text": "a nurse"})
+    await bus.send("events.click", u2, b"{not json")  # one dead letter
     await wait_for(lambda: get_json(f"{services.worker_url}/users/{u2}/state")[0] == 200)
+    # Labelled metrics appear with their first sample: the DLQ counter once a letter went
+    # out, the lag gauge once its 5 s timer ran.
+    await wait_for(
+        lambda: (
+            total(scrape(worker_url), "scenerec_dlq_total") > total(before, "scenerec_dlq_total")
+            and total(scrape(worker_url), "scenerec_consumer_lag_messages") >= 0
+            and any(k.startswith("scenerec_consumer_lag_messages{") for k in scrape(worker_url))
+        ),
+        timeout_s=30,
+    )
     after = scrape(worker_url)
     # Every metric the worker declares is exported.
     declared = {m.name for m in WorkerMetrics.create().registry.collect()}
