@@ -92,12 +92,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-rate-limit", type=int, default=12_800, help="last rate of the search")
     p.add_argument("--ceiling-events", type=int, default=200_000, help="events for the ceiling")
     p.add_argument("--cold-users", type=int, default=20, help="new users per cold-start kind")
-    p.add_argument("--encoder-texts", type=int, default=1024, help="texts per encoder measure")
+    p.add_argument("--encoder-texts", type=int, default=512, help="texts per encoder measure")
+    p.add_argument("--encoder-rounds", type=int, default=3, help="bare/Serve rounds (median)")
     p.add_argument("--encoder-in-flight", type=int, default=2, help="list requests at once")
     p.add_argument("--memory-users", type=int, default=10_000, help="users given state (N)")
     p.add_argument("--memory-clicks", type=int, default=2, help="clicks per memory user")
     p.add_argument("--scale-users", type=int, default=1000, help="users in a scale-out run")
     p.add_argument("--scale-clicks", type=int, default=20, help="clicks per scale-out user")
+    p.add_argument("--settle-seconds", type=float, default=5.0, help="idle before latency runs")
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="SCENEREC_X=V",
+        help="a setting for every worker (repeatable), e.g. SCENEREC_BATCH_WITHIN_S=0.01",
+    )
     p.add_argument("--cache-dir", type=Path, default=Path("results/cache"))
     p.add_argument("--profile-seconds", type=float, default=0.0, help="py-spy per window (0: off)")
     p.add_argument("--profile-dir", type=Path, default=Path("results/profile"))
@@ -106,6 +115,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     args.phases = [x.strip() for x in args.only.split(",") if x.strip()]
+    args.worker_env_map = {}
+    for item in args.worker_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("SCENEREC_"):
+            p.error(f"--worker-env: SCENEREC_NAME=VALUE expected, got {item!r}")
+        args.worker_env_map[key] = value
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         p.error(f"--only: unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
@@ -175,6 +190,7 @@ class Run:
             (32, 128),
             threads,
             in_flight=self.args.encoder_in_flight,
+            rounds=self.args.encoder_rounds,
         )
         self.result["encoder_efficiency"] = {b: v["efficiency"] for b, v in eff["best"].items()}
         self.result["encoder_detail"] = eff
@@ -184,7 +200,9 @@ class Run:
             f"replica's torch threads ({threads}), same {self.args.encoder_texts} texts "
             "(8-60 words), forward passes of B texts; Serve measured with lists of B texts "
             f"({self.args.encoder_in_flight} in flight) and with one text per request "
-            "(gathered by @serve.batch); the better one is kept, both are in encoder_detail"
+            f"(gathered by @serve.batch); {self.args.encoder_rounds} rounds, each measuring "
+            "bare and Serve back to back; the median of the per-round ratios of the better "
+            "mode is kept, every measurement is in encoder_detail"
         )
 
     def throughput(self, catalog: int) -> None:
@@ -264,6 +282,8 @@ class Run:
     def latency(self) -> None:
         lane, _ = self.main_lane()
         measured = self.result.setdefault("latency_detail", {})
+        # Steady state: the throughput run's backlog has drained; let the worker go idle.
+        time.sleep(self.args.settle_seconds)
         for rate in self.args.rate_list:
             log.info("latency at %d events/s for %.0fs", rate, self.args.latency_seconds)
             lat = asyncio.run(
@@ -465,9 +485,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     var_dir = Path(tempfile.mkdtemp(prefix="scenerec-bench-"))
     os.environ.update(base_env(var_dir))  # read by Settings() here and inherited by workers
     settings = Settings()
-    stack = BenchStack(settings, var_dir)
+    stack = BenchStack(settings, var_dir, worker_env=args.worker_env_map)
     bench = Run(args, stack, load_ml100k(settings.data_dir))
     bench.result["load_average_at_start"] = load_average()
+    if args.worker_env_map:
+        bench.result["worker_env"] = args.worker_env_map
+        bench.note(f"workers ran with {args.worker_env_map} (--worker-env)")
     try:
         catch_signals()
         stack.kafka_up()

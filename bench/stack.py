@@ -178,6 +178,8 @@ class BenchStack:
     root: Path
     started: list[str] = field(default_factory=list)
     lanes: list[Lane] = field(default_factory=list)
+    #: Settings every worker gets (``--worker-env``), e.g. SCENEREC_BATCH_WITHIN_S=0.01.
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     def kafka_up(self) -> None:
         from deploy.stack import local_kafka
@@ -200,6 +202,7 @@ class BenchStack:
         env = {
             "SCENEREC_TOPIC_PREFIX": f"b{tag}.",
             "SCENEREC_APP_ID": f"scenerec-bench-{name}-{tag}",
+            **self.worker_env,
             **env_extra,
         }
         settings = self.settings.model_copy(

@@ -3,10 +3,12 @@ as one product per query did, the state codec must round-trip, the audits must c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +16,7 @@ import pytest
 
 from bench import pipeline_bench, profiling, scale_out
 from bench.encoder_cache import CachingEncoderProxy, _key
-from bench.load import new_user_clicks, under_bound
+from bench.load import max_rate_under_bound, new_user_clicks, under_bound
 from embeddings import ranking
 from embeddings.ranking import ItemIndex, Ranked, _median, _stable_top_k, recommend_many
 from embeddings.scenes import SceneGates
@@ -173,6 +175,24 @@ def test_p99_bound_needs_every_event_reflected() -> None:
     assert not under_bound({"p99": 1000.0, "not_reflected": 0})
     assert not under_bound({"p99": 10.0, "not_reflected": 3})
     assert not under_bound({"p99": None, "not_reflected": 0})
+
+
+def test_max_rate_is_never_above_a_measured_failure() -> None:
+    ok, bad = {"p99": 50.0, "not_reflected": 0}, {"p99": 1900.0, "not_reflected": 0}
+    measured: dict[str, dict[str, Any]] = {
+        "100": ok,
+        "200": ok,
+        "400": ok,
+        "800": ok,
+        "1000": bad,  # a fixed-rate run that hit a stall
+        "1600": bad,
+        "1200": ok,  # the search's bisection step passed above the 1000 failure
+    }
+    got = asyncio.run(
+        max_rate_under_bound(cast(Any, None), cast(Any, None), 100, 12_800, 1.0, measured)
+    )
+    assert got["search_result"] == 1200
+    assert got["rate"] == 800 and got["lowest_failing_rate"] == 1000
 
 
 def test_profile_buckets_use_the_main_thread_and_priority_rules(tmp_path: Path) -> None:
