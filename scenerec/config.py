@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     min_free_mb: int = Field(default=100, ge=0, description="refuse to start below this")
     max_future_s: float = Field(default=86400.0, gt=0, description="refuse later event times")
     model_version: str = "scenerec-0.1-mean"
+    #: Learned scene gates for r = (u ⊙ s) · i (``make eval`` writes results/colearn.json).
+    colearn_path: Path | None = None
 
     @field_validator("scenes", mode="before")
     @classmethod

@@ -20,14 +20,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
 
+from embeddings.colearn import CoLearner
 from embeddings.fusion import fuse_item, item_text
 from embeddings.kg import HashedEntityEmbedding
-from embeddings.ranking import ItemIndex, recommend, to_payload
+from embeddings.ranking import ItemIndex, Scored, recommend, recommend_many, to_payload
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState, click_weight
 from embeddings.vectors import Matrix
@@ -90,6 +92,8 @@ class PipelineConfig:
     #: Event times further ahead of this host's clock are refused: one bad clock would
     #: otherwise decay every other item's popularity to nothing.
     max_future_s: float = 86400.0
+    #: Learned scene gates (``make eval`` writes results/colearn.json); None = all ones.
+    colearn_path: str | None = None
 
 
 @dataclass
@@ -106,6 +110,13 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.gates = SceneGates(self.index.dim)
+        if self.config.colearn_path:
+            # Gates fitted offline by BPR on train clicks (embeddings/colearn.py).
+            learner = CoLearner.load(Path(self.config.colearn_path))
+            learned = dict(learner.gates.items())
+            for scene, gate in learned.items():
+                self.gates.set_gate(scene, gate)
+            log.info("learned gates from %s for %s", self.config.colearn_path, sorted(learned))
         self.kg = HashedEntityEmbedding(self.index.dim)
         self._scenes = frozenset(self.config.scenes)
         self._catalog_busy_until = 0.0
@@ -237,8 +248,12 @@ class Pipeline:
         if points:
             with self._timed_store("upsert_users"):
                 self.store.upsert_users(points)
-        for user_id, c in changed.items():
-            await self.emitter.recommendations(user_id, self.recommendations_payload(user_id, c))
+        # Every changed user's lists in one scoring pass (one matrix product per batch).
+        all_recs = recommend_many(
+            [c.state for c in changed.values()], self.index, self.gates, self.config.top_k
+        )
+        for (user_id, c), recs in zip(changed.items(), all_recs, strict=True):
+            await self.emitter.recommendations(user_id, self._payload(user_id, c, recs))
             self.metrics.recommendations.inc()
             if c.published_at is not None:
                 # Kafka timestamps are wall-clock seconds from the producer's host.
@@ -249,8 +264,9 @@ class Pipeline:
                         waited
                     )
 
-    def recommendations_payload(self, user_id: str, c: Changed) -> dict[str, object]:
-        recs = recommend(c.state, self.index, self.gates, self.config.top_k)
+    def _payload(
+        self, user_id: str, c: Changed, recs: dict[str, list[Scored]]
+    ) -> dict[str, object]:
         return {
             "user_id": user_id,
             "generated_at": time.time(),
@@ -265,9 +281,8 @@ class Pipeline:
         if raw is None:
             return None
         state = state_codec.loads(raw)
-        return self.recommendations_payload(
-            user_id, Changed(state, state.last_event_id, None, False, "")
-        )
+        recs = recommend(state, self.index, self.gates, self.config.top_k)
+        return self._payload(user_id, Changed(state, state.last_event_id, None, False, ""), recs)
 
     async def forget(self, user_ids: Sequence[str]) -> None:
         """Erase users everywhere this worker keeps them: state, vectors, recommendations."""

@@ -59,6 +59,7 @@ def pipeline_config() -> PipelineConfig:
         unknown_item_wait_s=settings.unknown_item_wait_s,
         model_version=settings.model_version,
         max_future_s=settings.max_future_s,
+        colearn_path=str(settings.colearn_path) if settings.colearn_path else None,
     )
 
 
