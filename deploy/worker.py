@@ -73,7 +73,14 @@ def start_worker(
         "--web-host",
         "127.0.0.1",
     ]
-    full_env = {**os.environ, **(env or {}), "SCENEREC_WORKER_WEB_PORT": str(web_port)}
+    # One BLAS thread: the worker's products are small, and on a busy 2-core host OpenBLAS's
+    # thread pool made each 12 ms instead of 0.1 ms (docs/benchmarks.md).
+    full_env = {
+        "OPENBLAS_NUM_THREADS": "1",
+        **os.environ,
+        **(env or {}),
+        "SCENEREC_WORKER_WEB_PORT": str(web_port),
+    }
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             cmd,
