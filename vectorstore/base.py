@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,7 @@ __all__ = [
     "GLOBAL_VECTOR",
     "ID_NAMESPACE",
     "ITEMS",
+    "ITEM_VECTOR",
     "USERS",
     "CollectionName",
     "CollectionNotFoundError",
@@ -44,6 +45,7 @@ __all__ = [
     "VectorStore",
     "VectorStoreError",
     "as_vector",
+    "check_collection",
     "check_vector_dim",
     "point_id",
     "validate_scenes",
@@ -55,6 +57,8 @@ CollectionName = Literal["items", "users"]
 ITEMS: Final = "items"
 USERS: Final = "users"
 GLOBAL_VECTOR: Final = "global"
+#: The name both backends give the items collection's single unnamed vector.
+ITEM_VECTOR: Final = ""
 
 #: Namespace of the UUIDv5 point ids. Changing it orphans every stored point: never change it.
 ID_NAMESPACE: Final = uuid.UUID("6f0c7a52-3d0b-5c51-9b7e-2f1a4c8e9d30")
@@ -153,6 +157,31 @@ class ItemPoint:
         object.__setattr__(self, "scenes", tuple(self.scenes))
         object.__setattr__(self, "popularity", float(self.popularity))
 
+    def payload(self) -> dict[str, object]:
+        """What both backends store beside the vector."""
+        return {
+            "item_id": self.item_id,
+            "scenes": list(self.scenes),
+            "title": self.title,
+            "popularity": self.popularity,
+        }
+
+    @classmethod
+    def from_stored(cls, payload: Mapping[str, Any] | None, vector: Any) -> ItemPoint | None:
+        """An item read back from a backend (``vector`` may be ``{"": [...]}``), else None."""
+        payload = payload or {}
+        if isinstance(vector, dict):
+            vector = vector.get(ITEM_VECTOR)
+        if vector is None or "item_id" not in payload:
+            return None
+        return cls(
+            item_id=str(payload["item_id"]),
+            vector=np.asarray(vector, dtype=np.float32),
+            scenes=tuple(payload.get("scenes") or ()),
+            title=str(payload.get("title", "")),
+            popularity=float(payload.get("popularity", 0.0)),
+        )
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ItemPoint):
             return NotImplemented
@@ -205,6 +234,21 @@ class Hit:
     score: float
     scenes: tuple[str, ...]
     title: str
+
+    @classmethod
+    def from_stored(cls, payload: Mapping[str, Any] | None, score: float) -> Hit:
+        payload = payload or {}
+        return cls(
+            item_id=str(payload.get("item_id", "")),
+            score=float(score),
+            scenes=tuple(payload.get("scenes") or ()),
+            title=str(payload.get("title", "")),
+        )
+
+
+def check_collection(collection: str) -> None:
+    if collection not in (ITEMS, USERS):
+        raise ValueError(f"collection must be 'items' or 'users', got {collection!r}")
 
 
 class VectorStore(ABC):

@@ -25,6 +25,7 @@ from qdrant_client import QdrantClient, models
 
 from vectorstore.base import (
     GLOBAL_VECTOR,
+    ITEM_VECTOR,
     ITEMS,
     USERS,
     CollectionName,
@@ -40,14 +41,13 @@ from vectorstore.base import (
     VectorStore,
     VectorStoreError,
     as_vector,
+    check_collection,
     check_vector_dim,
     point_id,
     validate_scenes,
 )
 
 __all__ = ["QdrantClientStore"]
-
-_ITEM_VECTOR = ""  # key used here for the unnamed vector of the items collection
 
 
 def _redact_url(url: str) -> str:
@@ -210,7 +210,7 @@ class QdrantClientStore(VectorStore):
         vectors = info.config.params.vectors
         out: dict[str, int] = {}
         if isinstance(vectors, models.VectorParams):
-            params: Mapping[str, models.VectorParams] = {_ITEM_VECTOR: vectors}
+            params: Mapping[str, models.VectorParams] = {ITEM_VECTOR: vectors}
         elif vectors is None:
             params = {}
         else:
@@ -260,7 +260,7 @@ class QdrantClientStore(VectorStore):
                         f"collection {self._names[name]!r} on {self._where} has vectors of"
                         f" dimension {wrong}, expected {dim}"
                     )
-            if items is not None and _ITEM_VECTOR not in items:
+            if items is not None and ITEM_VECTOR not in items:
                 raise SchemaError(
                     f"collection {self._names[ITEMS]!r} on {self._where} has named vectors"
                     f" {sorted(items)}; expected one unnamed vector"
@@ -325,19 +325,14 @@ class QdrantClientStore(VectorStore):
         if not items:
             return
         for item in items:
-            self._check_dim(item.vector, ITEMS, _ITEM_VECTOR, f"vector of item {item.item_id!r}")
+            self._check_dim(item.vector, ITEMS, ITEM_VECTOR, f"vector of item {item.item_id!r}")
         coll = self._names[ITEMS]
         for start in range(0, len(items), self._batch):
             points = [
                 models.PointStruct(
                     id=point_id(item.item_id),
                     vector=item.vector.tolist(),
-                    payload={
-                        "item_id": item.item_id,
-                        "scenes": list(item.scenes),
-                        "title": item.title,
-                        "popularity": item.popularity,
-                    },
+                    payload=item.payload(),
                 )
                 for item in items[start : start + self._batch]
             ]
@@ -410,21 +405,6 @@ class QdrantClientStore(VectorStore):
             out[uid] = {str(n): _to_array(v) for n, v in rec.vector.items()}
         return out
 
-    @staticmethod
-    def _to_item(payload: Mapping[str, Any] | None, vector: Any) -> ItemPoint | None:
-        payload = payload or {}
-        if isinstance(vector, dict):
-            vector = vector.get(_ITEM_VECTOR)
-        if vector is None or "item_id" not in payload:
-            return None
-        return ItemPoint(
-            item_id=str(payload["item_id"]),
-            vector=_to_array(vector),
-            scenes=tuple(payload.get("scenes") or ()),
-            title=str(payload.get("title", "")),
-            popularity=float(payload.get("popularity", 0.0)),
-        )
-
     def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemPoint]:
         self._schema(ITEMS)
         pids = [point_id(iid) for iid in dict.fromkeys(item_ids)]
@@ -435,7 +415,7 @@ class QdrantClientStore(VectorStore):
             records = self._client.retrieve(coll, pids, with_payload=True, with_vectors=True)
         out: dict[str, ItemPoint] = {}
         for rec in records:
-            item = self._to_item(rec.payload, rec.vector)
+            item = ItemPoint.from_stored(rec.payload, rec.vector)
             if item is not None:
                 out[item.item_id] = item
         return out
@@ -452,7 +432,7 @@ class QdrantClientStore(VectorStore):
                     coll, limit=batch, offset=offset, with_payload=True, with_vectors=True
                 )
             for rec in records:
-                item = self._to_item(rec.payload, rec.vector)
+                item = ItemPoint.from_stored(rec.payload, rec.vector)
                 if item is not None:
                     yield item
             if next_offset is None or not records:
@@ -467,7 +447,7 @@ class QdrantClientStore(VectorStore):
         exclude: Collection[str] = (),
     ) -> list[Hit]:
         vec = as_vector(query, "query")
-        self._check_dim(vec, ITEMS, _ITEM_VECTOR, "query")
+        self._check_dim(vec, ITEMS, ITEM_VECTOR, "query")
         if k <= 0:
             return []
         must: list[models.Condition] = []
@@ -494,20 +474,11 @@ class QdrantClientStore(VectorStore):
             )
         hits: list[Hit] = []
         for p in response.points:
-            payload = p.payload or {}
-            hits.append(
-                Hit(
-                    item_id=str(payload.get("item_id", "")),
-                    score=float(p.score),
-                    scenes=tuple(payload.get("scenes") or ()),
-                    title=str(payload.get("title", "")),
-                )
-            )
+            hits.append(Hit.from_stored(p.payload, p.score))
         return hits
 
     def count(self, collection: CollectionName) -> int:
-        if collection not in (ITEMS, USERS):
-            raise ValueError(f"collection must be 'items' or 'users', got {collection!r}")
+        check_collection(collection)
         self._schema(collection)
         coll = self._names[collection]
         with self._errors(f"count {coll!r}"):

@@ -40,6 +40,7 @@ import qdrant_edge as qe
 
 from vectorstore.base import (
     GLOBAL_VECTOR,
+    ITEM_VECTOR,
     ITEMS,
     USERS,
     CollectionName,
@@ -55,6 +56,7 @@ from vectorstore.base import (
     VectorStore,
     VectorStoreError,
     as_vector,
+    check_collection,
     check_vector_dim,
     point_id,
     validate_scenes,
@@ -64,7 +66,6 @@ __all__ = ["EdgeVectorStore"]
 
 LOCK_FILE = ".lock"
 _CONFIG_FILE = "edge_config.json"
-_ITEM_VECTOR = ""  # name Qdrant Edge gives the single unnamed vector
 
 
 @contextlib.contextmanager
@@ -245,7 +246,7 @@ class EdgeVectorStore(VectorStore):
         config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot))
         with _edge_errors("create collection 'items'", path):
             self._shards[ITEMS] = qe.EdgeShard.create(str(path), config)
-        self._vectors[ITEMS] = {_ITEM_VECTOR: dim}
+        self._vectors[ITEMS] = {ITEM_VECTOR: dim}
 
     def _ensure_scene_index(self) -> None:
         shard = self._shards[ITEMS]
@@ -287,7 +288,7 @@ class EdgeVectorStore(VectorStore):
             return
         shard = self._shard(ITEMS)
         for item in items:
-            self._check_dim(item.vector, ITEMS, _ITEM_VECTOR, f"vector of item {item.item_id!r}")
+            self._check_dim(item.vector, ITEMS, ITEM_VECTOR, f"vector of item {item.item_id!r}")
         path = self._path(ITEMS)
         with self._lock:
             for start in range(0, len(items), self._batch):
@@ -295,12 +296,7 @@ class EdgeVectorStore(VectorStore):
                     qe.Point(
                         point_id(item.item_id),
                         item.vector.tolist(),
-                        {
-                            "item_id": item.item_id,
-                            "scenes": list(item.scenes),
-                            "title": item.title,
-                            "popularity": item.popularity,
-                        },
+                        item.payload(),
                     )
                     for item in items[start : start + self._batch]
                 ]
@@ -362,21 +358,6 @@ class EdgeVectorStore(VectorStore):
             out[uid] = {str(name): _to_array(vec) for name, vec in rec.vector.items()}
         return out
 
-    def _record_to_item(self, rec: qe.Record) -> ItemPoint | None:
-        payload = rec.payload or {}
-        vector: Any = rec.vector
-        if isinstance(vector, dict):
-            vector = vector.get(_ITEM_VECTOR)
-        if vector is None or "item_id" not in payload:
-            return None
-        return ItemPoint(
-            item_id=str(payload["item_id"]),
-            vector=_to_array(vector),
-            scenes=tuple(payload.get("scenes") or ()),
-            title=str(payload.get("title", "")),
-            popularity=float(payload.get("popularity", 0.0)),
-        )
-
     def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemPoint]:
         shard = self._shard(ITEMS)
         pids: list[qe.PointId] = [point_id(iid) for iid in dict.fromkeys(item_ids)]
@@ -386,7 +367,7 @@ class EdgeVectorStore(VectorStore):
             records = shard.retrieve(pids, True, True)
         out: dict[str, ItemPoint] = {}
         for rec in records:
-            item = self._record_to_item(rec)
+            item = ItemPoint.from_stored(rec.payload, rec.vector)
             if item is not None:
                 out[item.item_id] = item
         return out
@@ -403,7 +384,7 @@ class EdgeVectorStore(VectorStore):
             with _edge_errors("scroll items", self._path(ITEMS)):
                 records, offset = shard.scroll(request)
             for rec in records:
-                item = self._record_to_item(rec)
+                item = ItemPoint.from_stored(rec.payload, rec.vector)
                 if item is not None:
                     yield item
             if offset is None or not records:
@@ -418,7 +399,7 @@ class EdgeVectorStore(VectorStore):
     ) -> list[Hit]:
         shard = self._shard(ITEMS)
         vec = as_vector(query, "query")
-        self._check_dim(vec, ITEMS, _ITEM_VECTOR, "query")
+        self._check_dim(vec, ITEMS, ITEM_VECTOR, "query")
         if k <= 0:
             return []
         must: list[qe.ConditionType] = []
@@ -439,20 +420,11 @@ class EdgeVectorStore(VectorStore):
             points = shard.query(request)
         hits: list[Hit] = []
         for p in points:
-            payload = p.payload or {}
-            hits.append(
-                Hit(
-                    item_id=str(payload.get("item_id", "")),
-                    score=float(p.score),
-                    scenes=tuple(payload.get("scenes") or ()),
-                    title=str(payload.get("title", "")),
-                )
-            )
+            hits.append(Hit.from_stored(p.payload, p.score))
         return hits
 
     def count(self, collection: CollectionName) -> int:
-        if collection not in (ITEMS, USERS):
-            raise ValueError(f"collection must be 'items' or 'users', got {collection!r}")
+        check_collection(collection)
         shard = self._shard(collection)
         with _edge_errors("count", self._path(collection)):
             return int(shard.count(qe.CountRequest(exact=True)))
