@@ -73,7 +73,6 @@ class CatalogReader:
         self._path = positions_path
         self._get_pipeline = get_pipeline
         self._batch_max = batch_max
-        self.caught_up = asyncio.Event()
 
     async def _assign(self, resume: bool) -> list[TopicPartition]:
         tps = await assigned_partitions(self._consumer, self._topic)
@@ -96,11 +95,12 @@ class CatalogReader:
             self._topic,
             "resuming from saved positions" if resume else "from the beginning",
         )
+        caught_up = False  # only for the log line below
         while True:
-            if not self.caught_up.is_set() and all(
+            if not caught_up and all(
                 await asyncio.gather(*(self._at_end(tp, end[tp]) for tp in tps))
             ):
-                self.caught_up.set()
+                caught_up = True
                 log.info("catalog reader caught up: %d items indexed", len(pipe.index))
             batches = await self._consumer.getmany(timeout_ms=500, max_records=self._batch_max)
             records = [r for part in batches.values() for r in part]

@@ -253,7 +253,7 @@ class Pipeline:
             [c.state for c in changed.values()], self.index, self.gates, self.config.top_k
         )
         for (user_id, c), recs in zip(changed.items(), all_recs, strict=True):
-            await self.emitter.recommendations(user_id, self._payload(user_id, c, recs))
+            await self.emitter.recommendations(user_id, self._payload(user_id, c.trigger, recs))
             self.metrics.recommendations.inc()
             if c.published_at is not None:
                 # Kafka timestamps are wall-clock seconds from the producer's host.
@@ -265,12 +265,12 @@ class Pipeline:
                     )
 
     def _payload(
-        self, user_id: str, c: Changed, recs: dict[str, list[Scored]]
+        self, user_id: str, trigger: str | None, recs: dict[str, list[Scored]]
     ) -> dict[str, object]:
         return {
             "user_id": user_id,
             "generated_at": time.time(),
-            "trigger_event_id": c.trigger,
+            "trigger_event_id": trigger,
             "model_version": self.config.model_version,
             "scenes": to_payload(recs),
         }
@@ -282,7 +282,7 @@ class Pipeline:
             return None
         state = state_codec.loads(raw)
         recs = recommend(state, self.index, self.gates, self.config.top_k)
-        return self._payload(user_id, Changed(state, state.last_event_id, None, False, ""), recs)
+        return self._payload(user_id, state.last_event_id, recs)
 
     async def forget(self, user_ids: Sequence[str]) -> None:
         """Erase users everywhere this worker keeps them: state, vectors, recommendations."""
@@ -340,10 +340,10 @@ class Pipeline:
     async def on_profiles(self, batch: Sequence[Incoming]) -> None:
         # A tombstone (null value under a user's key) on this compacted topic asks to
         # forget that user (``scenerec forget``); it is applied in order with the profiles.
-        forget = [m for m in batch if m.value is None and m.key]
+        forget = [m.key for m in batch if m.value is None and m.key]
         if forget:
-            await self.forget([m.key.decode("utf-8", errors="replace") for m in forget if m.key])
-            batch = [m for m in batch if not (m.value is None and m.key)]
+            await self.forget([key.decode("utf-8", errors="replace") for key in forget])
+            batch = [m for m in batch if m.value is not None or not m.key]
         events = await self._parse(batch, UserProfile)
         vecs = await self._encode([e.profile_text for _, e in events]) if events else None
 
@@ -391,7 +391,7 @@ class Changed:
     """A user touched by a batch: the new state and what the next message must name."""
 
     state: UserState
-    trigger: str | None
+    trigger: str
     published_at: float | None
     is_new: bool
     topic: str

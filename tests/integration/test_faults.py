@@ -150,15 +150,19 @@ async def test_encoder_replica_killed_while_comments_flow(
     assert not [d for d in dead if d.get("reason") == "processing_error"]
 
 
-def test_unwritable_data_dir_fails_at_start_with_a_clear_error(services: Services) -> None:
-    env = {**os.environ, **services.env, "SCENEREC_VAR_DIR": "/proc/scenerec-cannot-write"}
-    proc = subprocess.run(
+def start_worker_with(services: Services, **env: str) -> subprocess.CompletedProcess[str]:
+    """``scenerec worker`` in the foreground with the services' settings plus ``env``."""
+    return subprocess.run(
         [sys.executable, "-m", "scenerec.cli", "worker"],
-        env=env,
+        env={**os.environ, **services.env, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_unwritable_data_dir_fails_at_start_with_a_clear_error(services: Services) -> None:
+    proc = start_worker_with(services, SCENEREC_VAR_DIR="/proc/scenerec-cannot-write")
     assert proc.returncode != 0
     assert "/proc/scenerec-cannot-write cannot be used" in proc.stderr
     assert "SCENEREC_VAR_DIR" in proc.stderr
@@ -167,12 +171,5 @@ def test_unwritable_data_dir_fails_at_start_with_a_clear_error(services: Service
 def test_too_little_free_space_fails_at_start(services: Services) -> None:
     # A full disk cannot be made here safely; the same start-up check refuses a data
     # folder with less free space than SCENEREC_MIN_FREE_MB.
-    env = {**os.environ, **services.env, "SCENEREC_MIN_FREE_MB": str(10**12)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "scenerec.cli", "worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = start_worker_with(services, SCENEREC_MIN_FREE_MB=str(10**12))
     assert proc.returncode != 0 and "MiB free" in proc.stderr
