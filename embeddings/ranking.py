@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -75,6 +76,9 @@ class ItemIndex:
         self._row: dict[str, int] = {}
         self._titles: list[str] = []
         self._scenes: list[tuple[str, ...]] = []
+        self._facts: list[frozenset[str]] = []
+        #: Items per KG fact: the rarer a shared fact, the more it says (see :func:`explain`).
+        self._fact_items: dict[str, int] = {}
         self._mat = np.zeros((0, dim), dtype=np.float32)
         self._pop = DecayedPopularity(0, half_life_s)
         self._scene_rows: dict[str, npt.NDArray[np.bool_]] = {}
@@ -92,19 +96,28 @@ class ItemIndex:
         scenes: Sequence[str],
         title: str,
         popularity: float = 0.0,
+        facts: Iterable[str] = (),
     ) -> None:
+        """Add or replace an item; ``facts`` are its KG ``"relation target"`` strings."""
         row = self._row.get(item_id)
+        new_facts = frozenset(facts)
         if row is None:
             row = len(self._ids)
             self._row[item_id] = row
             self._ids.append(item_id)
             self._titles.append(title)
             self._scenes.append(tuple(scenes))
+            self._facts.append(frozenset())
             self._grow(row + 1)
             self._pop.set(row, popularity)
         else:
             self._titles[row] = title
             self._scenes[row] = tuple(scenes)
+        for fact in self._facts[row]:
+            self._fact_items[fact] -= 1
+        for fact in new_facts:
+            self._fact_items[fact] = self._fact_items.get(fact, 0) + 1
+        self._facts[row] = new_facts
         self._mat[row] = vector
         for mask in self._scene_rows.values():
             mask[row] = False
@@ -144,6 +157,16 @@ class ItemIndex:
 
     def scenes_of(self, item_id: str) -> tuple[str, ...]:
         return self._scenes[self._row[item_id]]
+
+    def shared_fact(self, a: str, b: str) -> str | None:
+        """The KG fact items ``a`` and ``b`` share that the fewest items have, if any."""
+        ra, rb = self._row.get(a), self._row.get(b)
+        if ra is None or rb is None:
+            return None
+        shared = self._facts[ra] & self._facts[rb]
+        if not shared:
+            return None
+        return min(shared, key=lambda f: (self._fact_items[f], f))
 
     def popularity(self, item_id: str) -> float:
         """Decayed click count as of the latest click seen."""
@@ -252,6 +275,33 @@ class ItemIndex:
         ]
 
 
+class SceneModel(Protocol):
+    """Turns a user's state into the vector ``u_s`` of one feed; ``gates`` give ``u_s ⊙ g_s``.
+
+    :class:`embeddings.colearn.CoLearner` is one (learned gates, scenes borrowing from
+    related scenes); :class:`GatedScenes` is the plain one.
+    """
+
+    @property
+    def gates(self) -> SceneGates: ...
+
+    def scene_vector(self, state: UserState, scene: str | None) -> Vector | None: ...
+
+
+@dataclass(frozen=True)
+class GatedScenes:
+    """A sparse scene borrows from the global vector only (``UserState.scene_vector``)."""
+
+    gates: SceneGates
+
+    def scene_vector(self, state: UserState, scene: str | None) -> Vector | None:
+        return state.global_vec if scene is None else state.scene_vector(scene)
+
+
+def _scene_model(scenes: SceneGates | SceneModel) -> SceneModel:
+    return GatedScenes(scenes) if isinstance(scenes, SceneGates) else scenes
+
+
 @dataclass(frozen=True)
 class RankQuery:
     """One ranking request: a query vector (None: popularity only), a scene, rows to skip."""
@@ -298,20 +348,25 @@ def _stable_top_k(keys: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.intp]
 def recommend(
     state: UserState,
     index: ItemIndex,
-    gates: SceneGates,
+    scenes: SceneGates | SceneModel,
     k: int,
 ) -> dict[str, list[Scored]]:
-    """Top-k for the global feed and for every scene the user is active in."""
-    return recommend_many([state], index, gates, k)[0]
+    """Top-k for the global feed and for every scene the user is active in.
+
+    ``scenes``: gates alone (a sparse scene borrows from the global vector) or a full
+    :class:`SceneModel` such as a fitted ``CoLearner``.
+    """
+    return recommend_many([state], index, scenes, k)[0]
 
 
 def recommend_many(
     states: Sequence[UserState],
     index: ItemIndex,
-    gates: SceneGates,
+    scenes: SceneGates | SceneModel,
     k: int,
 ) -> list[dict[str, list[Scored]]]:
     """:func:`recommend` for each of ``states``: every (user, scene) query in one product."""
+    model = _scene_model(scenes)
     plans: list[tuple[UserState, History | None, list[tuple[str, Vector | None]]]] = []
     queries: list[RankQuery] = []
     for state in states:
@@ -321,8 +376,8 @@ def recommend_many(
         history = History(recent, index.vectors_of(recent)) if recent else None
         lists: list[tuple[str, Vector | None]] = []
         for scene in [None, *state.active_scenes]:
-            user_vec = state.global_vec if scene is None else state.scene_vector(scene)
-            query = None if user_vec is None else gates.apply(scene or GLOBAL, user_vec)
+            user_vec = model.scene_vector(state, scene)
+            query = None if user_vec is None else model.gates.apply(scene or GLOBAL, user_vec)
             queries.append(RankQuery(query, scene, seen_rows))
             lists.append((scene or GLOBAL, user_vec))
         plans.append((state, history, lists))
@@ -355,32 +410,55 @@ def explain(
     user_vec: Vector | None,
     history: History | None,
 ) -> str:
-    """Name what lifted the item most: popularity now, or the user's own history/profile.
+    """Name what lifted the item most: popularity now, or one source of the user's vector.
 
-    The user vector is a weighted mean of the vectors of what the user engaged with, so
-    the recent item most similar to the candidate is the largest single term of its
-    similarity.
+    The user's vector is a weighted mean of what pulled it: the items they engaged with,
+    their profile text, and the users they follow (their vectors when they pulled). The
+    source most similar to the candidate is the largest single term of its similarity, and
+    that source is what the reason names. When it is an item that shares a knowledge-graph
+    fact with the candidate, the rarest shared fact is named too: the KG part of both
+    vectors is built from those facts.
     """
     where = "across scenes" if scene == GLOBAL else f"in {scene}"
     item_id = ranked.item_id
     if user_vec is None or ranked.popularity_lift > ranked.similarity_lift:
         return f"popular now {where} ({index.popularity(item_id):.1f} recent clicks)"
     cand = index.vector(item_id)
-    best: tuple[float, str] | None = None
-    if cand is not None and history is not None:
+    if cand is None:
+        return f"{where}: close to your taste"
+    sources: list[tuple[float, str, str]] = []  # (similarity, kind, name), best first below
+    if history is not None:
         sims = history.vectors @ cand
         j = int(np.argmax(sims))  # the first of equal maxima, in recency order
-        best = (float(sims[j]), history.item_ids[j])
-    profile_sim = (
-        float(state.profile_vec @ cand)
-        if state.profile_vec is not None and cand is not None
-        else None
-    )
-    if best is not None and (profile_sim is None or best[0] >= profile_sim):
-        return f"{where}: similar to '{index.title(best[1])}' you engaged with"
-    if profile_sim is not None:
-        return f"{where}: matches your profile"
-    return f"{where}: close to people you follow"
+        sources.append((float(sims[j]), "item", history.item_ids[j]))
+    if state.profile_vec is not None:
+        sources.append((float(state.profile_vec @ cand), "profile", ""))
+    for user, vec in state.pulled_by.items():
+        sources.append((float(vec @ cand), "user", user))
+    if not sources:
+        return f"{where}: close to your taste"
+    # Highest similarity wins; on a tie, items before the profile before followed users.
+    order = {"item": 0, "profile": 1, "user": 2}
+    _, kind, name = max(sources, key=lambda t: (t[0], -order[t[1]]))
+    if kind == "item":
+        reason = f"{where}: similar to '{index.title(name)}' you engaged with"
+        fact = index.shared_fact(item_id, name)
+        return reason if fact is None else f"{reason}; both have {fact_label(fact)}"
+    if kind == "user":
+        return f"{where}: close to the taste of {name}, whom you follow"
+    return f"{where}: matches your profile"
+
+
+def fact_label(fact: str) -> str:
+    """``"film.film.directed_by m.0abc"`` -> ``"the KG fact film.film.directed_by m.0abc"``.
+
+    An inverse relation (``~film.producer.film m.0xyz``: the item is the triple's tail) is
+    written as the triple reads, ``m.0xyz film.producer.film``.
+    """
+    relation, _, target = fact.partition(" ")
+    if relation.startswith("~"):
+        return f"the KG fact {target} {relation[1:]}".rstrip()
+    return f"the KG fact {relation} {target}".rstrip()
 
 
 def to_payload(recs: Mapping[str, list[Scored]]) -> dict[str, list[dict[str, object]]]:

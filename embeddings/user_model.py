@@ -24,6 +24,9 @@ SOCIAL_RATE = {"follow": 0.2, "like": 0.1, "share": 0.15, "unfollow": -0.1}
 COMMENT_WEIGHT = 1.5
 PROFILE_RATE = 0.3
 RECENT_ITEMS = 50
+#: Followed users whose pull on this user is kept (their vector as it was when it pulled),
+#: so a recommendation can name the one it came from.
+FOLLOWED_KEPT = 8
 SEEN_ITEMS = 5000
 APPLIED_EVENTS = 1024
 
@@ -52,6 +55,8 @@ class UserState:
     seen: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
     applied: deque[str] = field(default_factory=lambda: deque(maxlen=APPLIED_EVENTS))
     following: dict[str, None] = field(default_factory=dict)
+    #: Other users' global vectors that pulled this one (follow, like, share), latest last.
+    pulled_by: dict[str, Vector] = field(default_factory=dict)
     last_event_id: str | None = None
 
     # --- idempotence ----------------------------------------------------------------------
@@ -83,9 +88,15 @@ class UserState:
             self.following[target_user] = None
         elif kind == "unfollow":
             self.following.pop(target_user, None)
+            self.pulled_by.pop(target_user, None)
         if not target:
             return  # the other user is not known yet: the relation is still recorded
         rate = SOCIAL_RATE[kind]
+        if rate > 0 and "global" in target:
+            self.pulled_by.pop(target_user, None)
+            self.pulled_by[target_user] = target["global"]
+            while len(self.pulled_by) > FOLLOWED_KEPT:
+                self.pulled_by.pop(next(iter(self.pulled_by)))
         if "global" in target and (self.global_vec is not None or rate > 0):
             self.global_vec = move_toward(self.global_vec, target["global"], rate)
         for scene, vec in target.items():

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
             raise ValueError("scenes: at least one scene is required")
         if "global" in value:
             raise ValueError("scenes: 'global' is reserved for the cross-scene feed")
+        if any(scene.startswith("@") for scene in value):
+            # The user-state codec names its other vectors "@global", "@by:<user>", ...
+            raise ValueError("scenes: a scene name cannot start with '@'")
         return value
 
     @cached_property

@@ -29,7 +29,15 @@ from pydantic import BaseModel
 from embeddings.colearn import CoLearner
 from embeddings.fusion import fuse_item, item_text
 from embeddings.kg import HashedEntityEmbedding
-from embeddings.ranking import ItemIndex, Scored, recommend, recommend_many, to_payload
+from embeddings.ranking import (
+    GatedScenes,
+    ItemIndex,
+    SceneModel,
+    Scored,
+    recommend,
+    recommend_many,
+    to_payload,
+)
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState, click_weight
 from embeddings.vectors import Matrix
@@ -92,7 +100,9 @@ class PipelineConfig:
     #: Event times further ahead of this host's clock are refused: one bad clock would
     #: otherwise decay every other item's popularity to nothing.
     max_future_s: float = 86400.0
-    #: Learned scene gates (``make eval`` writes results/colearn.json); None = all ones.
+    #: Co-learning fitted offline (``make eval`` writes results/colearn.json): learned scene
+    #: gates, and sparse scenes borrowing from related ones. None = all-ones gates, and a
+    #: sparse scene borrows from the user's global vector only.
     colearn_path: str | None = None
 
 
@@ -105,18 +115,27 @@ class Pipeline:
     states: MutableMapping[str, bytes]
     emitter: Emitter
     metrics: WorkerMetrics
-    gates: SceneGates = field(init=False)
+    scene_model: SceneModel = field(init=False)
     kg: HashedEntityEmbedding = field(init=False)
 
     def __post_init__(self) -> None:
-        self.gates = SceneGates(self.index.dim)
+        self.scene_model = GatedScenes(SceneGates(self.index.dim))
         if self.config.colearn_path:
-            # Gates fitted offline by BPR on train clicks (embeddings/colearn.py).
+            # Gates fitted by BPR on train clicks and scene relations (embeddings/colearn.py).
             learner = CoLearner.load(Path(self.config.colearn_path))
-            learned = dict(learner.gates.items())
-            for scene, gate in learned.items():
-                self.gates.set_gate(scene, gate)
-            log.info("learned gates from %s for %s", self.config.colearn_path, sorted(learned))
+            if learner.gates.dim != self.index.dim:
+                raise ValueError(
+                    f"{self.config.colearn_path}: gates of dimension {learner.gates.dim}, "
+                    f"items of {self.index.dim}"
+                )
+            self.scene_model = learner
+            log.info(
+                "co-learning from %s: gates for %s, scene relations %s, %s",
+                self.config.colearn_path,
+                sorted(s for s, _ in learner.gates.items()),
+                "learned" if learner.relations is not None else "none",
+                learner.config,
+            )
         self.kg = HashedEntityEmbedding(self.index.dim)
         self._scenes = frozenset(self.config.scenes)
         self._catalog_busy_until = 0.0
@@ -250,7 +269,7 @@ class Pipeline:
                 self.store.upsert_users(points)
         # Every changed user's lists in one scoring pass (one matrix product per batch).
         all_recs = recommend_many(
-            [c.state for c in changed.values()], self.index, self.gates, self.config.top_k
+            [c.state for c in changed.values()], self.index, self.scene_model, self.config.top_k
         )
         for (user_id, c), recs in zip(changed.items(), all_recs, strict=True):
             await self.emitter.recommendations(user_id, self._payload(user_id, c.trigger, recs))
@@ -281,7 +300,7 @@ class Pipeline:
         if raw is None:
             return None
         state = state_codec.loads(raw)
-        recs = recommend(state, self.index, self.gates, self.config.top_k)
+        recs = recommend(state, self.index, self.scene_model, self.config.top_k)
         return self._payload(user_id, state.last_event_id, recs)
 
     async def forget(self, user_ids: Sequence[str]) -> None:
@@ -374,8 +393,9 @@ class Pipeline:
             vec = fuse_item(np.asarray(text_vec, dtype=np.float32), kg_vec)
             known = e.item_id in self.index
             pop = self.index.popularity(e.item_id) if known else 0.0
-            self.index.upsert(e.item_id, vec, e.scenes, e.title, pop)
-            points.append(ItemPoint(e.item_id, vec, tuple(e.scenes), e.title, pop))
+            facts = tuple(f"{r.relation} {r.target}" for r in e.relations)
+            self.index.upsert(e.item_id, vec, e.scenes, e.title, pop, facts)
+            points.append(ItemPoint(e.item_id, vec, tuple(e.scenes), e.title, pop, facts))
         with self._timed_store("upsert_items"):
             self.store.upsert_items(points)
         self.metrics.events.labels("catalog.items", "", "ok").inc(len(points))

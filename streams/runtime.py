@@ -108,7 +108,9 @@ class FaustEmitter:
 def load_index(store: VectorStore, dim: int) -> ItemIndex:
     index = ItemIndex(dim)
     for item in store.iter_items():
-        index.upsert(item.item_id, item.vector, item.scenes, item.title, item.popularity)
+        index.upsert(
+            item.item_id, item.vector, item.scenes, item.title, item.popularity, item.facts
+        )
     return index
 
 

@@ -2,7 +2,8 @@
 
 JSON lists of floats would make every changelog record ~10x larger and slower to parse,
 so vectors travel as raw float32 bytes after a small JSON header:
-``b"SR1" + u32 header length + header JSON + vector bytes``.
+``b"SR1" + u32 header length + header JSON + vector bytes``. Vector names are the scenes,
+``@global``, ``@profile`` and ``@by:<user>`` for the users that pulled this one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from embeddings.vectors import Vector
 
 _MAGIC = b"SR1"
 _LEN = struct.Struct("<I")
+_BY = "@by:"
 
 
 def dumps(state: UserState) -> bytes:
@@ -34,6 +36,8 @@ def dumps(state: UserState) -> bytes:
     put("@profile", state.profile_vec)
     for scene, vec in state.scene_vecs.items():
         put(scene, vec)
+    for user, vec in state.pulled_by.items():
+        put(_BY + user, vec)
     dim = len(blobs[0]) // 4 if blobs else 0
     header = orjson.dumps(
         {
@@ -60,6 +64,7 @@ def loads(raw: bytes) -> UserState:
     dim: int = header["dim"]
     body = np.frombuffer(raw, dtype="<f4", offset=start + hlen).astype(np.float32)
     vecs = {name: body[i * dim : (i + 1) * dim] for i, name in enumerate(header["vectors"])}
+    pulled_by = {n[len(_BY) :]: vecs.pop(n) for n in [n for n in vecs if n.startswith(_BY)]}
     return UserState(
         global_vec=vecs.pop("@global", None),
         profile_vec=vecs.pop("@profile", None),
@@ -70,5 +75,6 @@ def loads(raw: bytes) -> UserState:
         seen=dict.fromkeys(header["seen"]),
         applied=deque(header["applied"], maxlen=user_model.APPLIED_EVENTS),
         following=dict.fromkeys(header["following"]),
+        pulled_by=pulled_by,
         last_event_id=header["last_event_id"],
     )

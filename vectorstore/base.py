@@ -147,6 +147,8 @@ class ItemPoint:
     scenes: tuple[str, ...]
     title: str
     popularity: float
+    #: The item's knowledge-graph facts as ``"relation target"`` strings (for reasons).
+    facts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.item_id:
@@ -156,6 +158,7 @@ class ItemPoint:
             raise ValueError(f"scenes of item {self.item_id} must be a sequence, not a string")
         object.__setattr__(self, "scenes", tuple(self.scenes))
         object.__setattr__(self, "popularity", float(self.popularity))
+        object.__setattr__(self, "facts", tuple(self.facts))
 
     def payload(self) -> dict[str, object]:
         """What both backends store beside the vector."""
@@ -164,6 +167,7 @@ class ItemPoint:
             "scenes": list(self.scenes),
             "title": self.title,
             "popularity": self.popularity,
+            "facts": list(self.facts),
         }
 
     @classmethod
@@ -180,6 +184,7 @@ class ItemPoint:
             scenes=tuple(payload.get("scenes") or ()),
             title=str(payload.get("title", "")),
             popularity=float(payload.get("popularity", 0.0)),
+            facts=tuple(payload.get("facts") or ()),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -190,6 +195,7 @@ class ItemPoint:
             and self.scenes == other.scenes
             and self.title == other.title
             and self.popularity == other.popularity
+            and self.facts == other.facts
             and bool(np.array_equal(self.vector, other.vector))
         )
 

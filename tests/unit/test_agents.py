@@ -12,7 +12,9 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from embeddings.colearn import CoLearnConfig, CoLearner, SceneRelations
 from embeddings.ranking import ItemIndex
+from embeddings.scenes import SceneGates
 from streams import runtime
 from streams.agents import handle
 from streams.agents.clicks import process_clicks
@@ -182,6 +184,9 @@ async def test_social_agent_moves_follower_toward_followee(pipe: Pipeline) -> No
     await feed(process_social, [orjson.dumps(follow)], lambda: len(out.recs) == 3)
     after = loads(pipe.states["fan"]).global_vec
     assert float(after @ star) > float(before @ star)
+    # Alien (like Star Wars, which star watched) is recommended to fan because of star.
+    alien = next(r for r in out.recs[-1]["scenes"]["global"] if r["item_id"] == "2")
+    assert alien["reason"] == "across scenes: close to the taste of star, whom you follow"
 
 
 async def test_bad_events_go_to_dlq_and_good_ones_still_apply(pipe: Pipeline) -> None:
@@ -217,3 +222,26 @@ async def test_profile_tombstone_forgets_the_user_everywhere(pipe: Pipeline) -> 
     assert pipe.store.get_users(["gone"]) == {}
     assert pipe.recommend_now("gone") is None
     assert out.forgotten == ["gone"] and out.dlq == []  # a tombstone is not bad input
+
+
+def test_colearn_file_gives_the_pipeline_its_scene_model(tmp_path: Path) -> None:
+    rel = SceneRelations(["scifi", "family"], np.array([[0.0, 1.0], [1.0, 0.0]]))
+    CoLearner(SceneGates(384), rel, CoLearnConfig(prior=2.0)).save(tmp_path / "c.json")
+    CoLearner(SceneGates(8)).save(tmp_path / "small.json")
+
+    def make(path: Path) -> Pipeline:
+        return Pipeline(
+            config=PipelineConfig(scenes=("scifi", "family"), colearn_path=str(path)),
+            store=None,  # type: ignore[arg-type]  # not touched by __post_init__
+            index=ItemIndex(384),
+            encoder=None,  # type: ignore[arg-type]
+            states={},
+            emitter=Collect(),
+            metrics=WorkerMetrics.create(CollectorRegistry()),
+        )
+
+    model = make(tmp_path / "c.json").scene_model
+    assert isinstance(model, CoLearner) and model.relations is not None
+    assert model.config.prior == 2.0
+    with pytest.raises(ValueError, match="dimension 8"):
+        make(tmp_path / "small.json")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from embeddings import user_model
+from embeddings.colearn import CoLearnConfig, CoLearner, SceneRelations
 from embeddings.kg import HashedEntityEmbedding
-from embeddings.ranking import ItemIndex, recommend
+from embeddings.ranking import ItemIndex, fact_label, recommend
 from embeddings.scenes import SceneGates
-from embeddings.user_model import UserState
+from embeddings.user_model import SCENE_PRIOR, UserState
 from embeddings.vectors import move_toward, normalize
 from streams import state as codec
 
@@ -156,3 +158,75 @@ def test_old_clicks_count_less_than_recent_ones() -> None:
 def test_equal_scores_rank_in_a_stable_order() -> None:
     idx = index_with()
     assert [r.item_id for r in idx.rank(None, k=6)] == [f"i{i}" for i in range(6)]
+
+
+def test_reason_names_the_followed_user_whose_taste_lifted_the_item() -> None:
+    idx = index_with()
+    s = UserState()
+    s.apply_item("i0", unit(0), "a")
+    # "v" likes item 4's direction; following v pulls s there.
+    s.apply_social("follow", "v", {"global": unit(4)})
+    s.apply_social("follow", "w", {"global": unit(5)})
+    recs = recommend(s, idx, SceneGates(DIM), k=6)
+    by_item = {r.item_id: r.reason for r in recs["global"]}
+    assert by_item["i4"] == "across scenes: close to the taste of v, whom you follow"
+    assert by_item["i5"] == "across scenes: close to the taste of w, whom you follow"
+    s.apply_social("unfollow", "v", {"global": unit(4)})
+    assert "v" not in s.pulled_by and "w" in s.pulled_by
+
+
+def test_pulled_by_keeps_only_the_latest_followed_users() -> None:
+    s = UserState()
+    for k in range(user_model.FOLLOWED_KEPT + 3):
+        s.apply_social("follow", f"u{k}", {"global": unit(k % DIM)})
+    assert len(s.pulled_by) == user_model.FOLLOWED_KEPT
+    assert next(iter(s.pulled_by)) == "u3" and "u0" not in s.pulled_by
+
+
+def test_reason_names_the_rarest_kg_fact_shared_with_the_history_item() -> None:
+    idx = ItemIndex(DIM)
+    idx.upsert("seen", unit(0), ["a"], "Seen Film", facts=["film.film.genre g1", "~d.x.film p"])
+    idx.upsert("cand", normalize(unit(0) + unit(1)), ["a"], "Cand", facts=["film.film.genre g1"])
+    idx.upsert("other", unit(2), ["a"], "Other", facts=["film.film.genre g1", "~d.x.film p"])
+    idx.upsert("far", unit(3), ["a"], "Far")
+    s = UserState()
+    s.apply_item("seen", unit(0), "a")
+    recs = recommend(s, idx, SceneGates(DIM), k=3)
+    reasons = {r.item_id: r.reason for r in recs["a"]}
+    # cand shares only the genre (3 items have it); the reason says which.
+    assert reasons["cand"] == (
+        "in a: similar to 'Seen Film' you engaged with; both have the KG fact film.film.genre g1"
+    )
+    # "other" shares the genre and the rarer inverse fact (2 items): the rarer one is named.
+    assert idx.shared_fact("other", "seen") == "~d.x.film p"
+    assert fact_label("~d.x.film p") == "the KG fact p d.x.film"
+    assert idx.shared_fact("far", "seen") is None
+    # Replacing an item's facts updates the counts.
+    idx.upsert("other", unit(2), ["a"], "Other", facts=[])
+    assert idx.shared_fact("cand", "seen") == "film.film.genre g1"
+
+
+def test_colearner_is_a_scene_model_for_the_ranking() -> None:
+    idx = index_with()
+    s = UserState()
+    for _ in range(5):
+        s.apply_item("i1", unit(1), "b")
+    s.apply_item("i0", unit(0), "a")
+    plain = recommend(s, idx, SceneGates(DIM), k=2)
+    # Same as the plain model when it borrows from the global vector only.
+    same = CoLearner(SceneGates(DIM), None, CoLearnConfig(prior=SCENE_PRIOR, global_share=1.0))
+    assert recommend(s, idx, same, k=2) == plain
+    # Scene a borrowing all from scene b (strongly related) ranks b's direction higher in a.
+    rel = SceneRelations(["a", "b"], np.array([[0.0, 1.0], [1.0, 0.0]]))
+    borrow = CoLearner(SceneGates(DIM), rel, CoLearnConfig(prior=100.0, global_share=0.0))
+    vec = borrow.scene_vector(s, "a")
+    assert vec is not None and float(vec @ unit(1)) > 0.9
+
+
+def test_state_codec_keeps_the_followed_users_vectors() -> None:
+    s = UserState()
+    s.apply_item("i0", unit(0), "a")
+    s.apply_social("follow", "v:1", {"global": unit(2)})
+    back = codec.loads(codec.dumps(s))
+    assert list(back.pulled_by) == ["v:1"] and np.allclose(back.pulled_by["v:1"], unit(2))
+    assert set(back.scene_vecs) == {"a"}

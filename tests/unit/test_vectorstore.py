@@ -119,6 +119,7 @@ def make_items(n: int, seed: int = 0) -> list[ItemPoint]:
             scenes=scenes_cycle[i % len(scenes_cycle)],
             title=f"Title {i}",
             popularity=float(i) / 2,
+            facts=("film.film.genre g1", f"~film.director.film d{i}")[: i % 3],
         )
         for i in range(n)
     ]
