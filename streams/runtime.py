@@ -253,3 +253,34 @@ async def report_consumer_lag() -> None:
         if position is not None:
             lag = max(0, consumer.highwater(tp) - position)
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+@app.page("/debug/tasks")
+class TasksView(View):
+    """Every asyncio task of the worker and the await chain it is parked in.
+
+    ``Task.get_stack`` shows one frame of a suspended coroutine; following ``cr_await``
+    shows the whole chain down to the future it waits for: what a stuck stream waits on.
+    """
+
+    async def get(self, request: Request) -> Response:
+        lines: list[str] = []
+        for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+            lines.append(f"--- {task.get_name()}")
+            lines.extend(f"    {frame}" for frame in await_chain(task.get_coro()))
+        return self.text("\n".join(lines) + "\n")
+
+
+def await_chain(obj: object, limit: int = 40) -> list[str]:
+    """``file:line function`` of each coroutine/generator in an await chain, outermost first."""
+    out: list[str] = []
+    while obj is not None and len(out) < limit:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None)
+        frame = frame or getattr(obj, "gi_frame", None)
+        if frame is None:
+            out.append(f"<{type(obj).__name__}>")  # the future or object waited on
+            break
+        out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        nxt = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None)
+        obj = nxt or getattr(obj, "gi_yieldfrom", None)
+    return out

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from typing import Any
 
@@ -54,6 +55,34 @@ async def stream(
         await asyncio.sleep(0.01)
 
 
+def progress(services: Services, sent: dict[str, int]) -> str:
+    """Per user: events applied / sent, and the worker log's tail, for a failure message."""
+    seen = {u: (state(services, u) or {}).get("n_events") for u in sent}
+    log_path = services.settings.var_dir / "logs" / "worker.log"
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-60:])
+    try:
+        with urllib.request.urlopen(f"{services.worker_url}/metrics", timeout=5) as resp:
+            lines = resp.read().decode().splitlines()
+        lag = "\n".join(
+            x for x in lines if x.startswith(("scenerec_consumer_lag", "scenerec_events_total"))
+        )
+        with urllib.request.urlopen(f"{services.worker_url}/debug/tasks", timeout=5) as resp:
+            tasks = resp.read().decode()
+    except OSError as exc:
+        lag = tasks = f"(worker unreachable: {exc})"
+    return (
+        f"applied/sent per user: { {u: (seen[u], n) for u, n in sent.items()} }\n"
+        f"consumer lag and events:\n{lag}\nworker tasks:\n{tasks}\nworker log:\n{tail}"
+    )
+
+
+async def wait_applied(services: Services, sent: dict[str, int], timeout_s: float) -> None:
+    try:
+        await wait_for(lambda: all_applied(services, sent), timeout_s=timeout_s)
+    except TimeoutError:
+        pytest.fail(f"not all events applied in {timeout_s:.0f}s; {progress(services, sent)}")
+
+
 def check_exactly_once(services: Services, sent: dict[str, int]) -> None:
     for user, n in sent.items():
         st = state(services, user)
@@ -75,7 +104,7 @@ async def test_kill_9_worker_mid_stream_then_restart(
     await asyncio.to_thread(
         start_worker, var, services.settings.worker_web_port, services.env, 180.0
     )
-    await wait_for(lambda: all_applied(services, sent), timeout_s=120)
+    await wait_applied(services, sent, 120)
     await asyncio.sleep(2)  # a replay of unacked batches would show up as extra counts
     check_exactly_once(services, sent)
     # Recommendations resume: a new click gets a list naming it.
@@ -102,7 +131,7 @@ async def test_broker_restart_mid_stream(
     # A new producer: the test's own one may have given up while the broker was away.
     async with Bus(services.settings) as bus2:
         await stream(bus2, catalog, users, 60, sent)
-    await wait_for(lambda: all_applied(services, sent), timeout_s=180)
+    await wait_applied(services, sent, 180)
     await asyncio.sleep(2)
     check_exactly_once(services, sent)
 
@@ -144,7 +173,7 @@ async def test_encoder_replica_killed_while_comments_flow(
     await asyncio.to_thread(kill_encoder_replica)
     await producer
     # Serve replaces the replica; the worker's encoder calls retry meanwhile.
-    await wait_for(lambda: all_applied(services, sent), timeout_s=180)
+    await wait_applied(services, sent, 180)
     check_exactly_once(services, sent)
     dead = await bus.collect("events.dlq", lambda _: False, timeout_s=3)
     assert not [d for d in dead if d.get("reason") == "processing_error"]

@@ -245,3 +245,21 @@ def test_colearn_file_gives_the_pipeline_its_scene_model(tmp_path: Path) -> None
     assert model.config.prior == 2.0
     with pytest.raises(ValueError, match="dimension 8"):
         make(tmp_path / "small.json")
+
+
+async def test_await_chain_shows_where_a_task_waits() -> None:
+    gate = asyncio.Event()
+
+    async def inner() -> None:
+        await gate.wait()
+
+    async def outer() -> None:
+        await inner()
+
+    task = asyncio.create_task(outer())
+    await asyncio.sleep(0.01)
+    chain = runtime.await_chain(task.get_coro())
+    names = [line.rsplit(" ", 1)[-1] for line in chain]
+    assert names[:3] == ["outer", "inner", "wait"] and chain[-1].startswith("<Future")
+    gate.set()
+    await task

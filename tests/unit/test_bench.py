@@ -127,6 +127,7 @@ def test_state_codec_round_trips_every_field() -> None:
         )
         st.mark_applied(f"e{i}")
     st.apply_social("follow", "u9", None)
+    st.apply_social("like", "u8", {"global": normalize(np.arange(8, dtype=np.float32))})
     back = codec.loads(codec.dumps(st))
     for name in ("scene_counts", "n_events", "seen", "following", "last_event_id"):
         assert getattr(back, name) == getattr(st, name)
@@ -136,6 +137,8 @@ def test_state_codec_round_trips_every_field() -> None:
     assert np.array_equal(back.profile_vec, st.profile_vec)
     assert back.scene_vecs.keys() == st.scene_vecs.keys()
     assert all(np.array_equal(back.scene_vecs[s], v) for s, v in st.scene_vecs.items())
+    assert back.pulled_by.keys() == st.pulled_by.keys() == {"u8"}
+    assert np.array_equal(back.pulled_by["u8"], st.pulled_by["u8"])
     back.mark_applied("new")  # the decoded state is a normal, writable one
     back.apply_item("i1", back.global_vec, "a")
 
