@@ -84,6 +84,8 @@ catalog_topic = topic(t.CATALOG)
 profiles_topic = topic(t.PROFILES)
 recommendations_topic = topic(t.RECOMMENDATIONS)
 dlq_topic = topic(t.DLQ)
+#: The topics the agents consume (the catalog is read outside the consumer group).
+STREAM_TOPICS = (clicks_topic, comments_topic, social_topic, profiles_topic)
 
 # Per-user state, backed by its changelog topic. ``use_partitioner``: agents work on
 # batches spanning partitions, so the changelog partition must follow the key (the same

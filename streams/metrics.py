@@ -25,6 +25,7 @@ class WorkerMetrics:
     cold_start_seconds: Histogram
     vectorstore_seconds: Histogram
     forgotten: Counter
+    refetches: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -100,6 +101,12 @@ class WorkerMetrics:
             forgotten=Counter(
                 "scenerec_users_forgotten_total",
                 "Users erased on request (a tombstone on users.profiles)",
+                registry=reg,
+            ),
+            refetches=Counter(
+                "scenerec_refetches_total",
+                "Times messages read but dropped by the consumer were fetched again "
+                "(streams/healing.py)",
                 registry=reg,
             ),
         )

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -22,8 +23,17 @@ from embeddings.ranking import ItemIndex
 from scenerec.diskcheck import check_writable
 from scenerec.kafka import consumer, ensure_topics
 from serving.client import EncoderClient
+from streams import healing
 from streams import state as state_codec
-from streams.app import app, dlq_topic, metrics, recommendations_topic, settings, users_table
+from streams.app import (
+    STREAM_TOPICS,
+    app,
+    dlq_topic,
+    metrics,
+    recommendations_topic,
+    settings,
+    users_table,
+)
 from streams.catalog_reader import CatalogReader
 from streams.pipeline import Pipeline, PipelineConfig
 from streams.records import DeadLetter
@@ -244,6 +254,27 @@ class UserStateView(View):
         )
 
 
+_holes = healing.HoleWatch.new()
+
+
+@app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+async def refetch_dropped_messages() -> None:
+    """Fetch again what Faust read but dropped (streams/healing.py explains when)."""
+    consumer: Any = app.consumer
+    if app.rebalancing or not consumer.flow_active:
+        return
+    stuck = _holes.stuck(healing.view(consumer, [t.get_topic_name() for t in STREAM_TOPICS]))
+    if stuck:
+        log.warning(
+            "messages read but never processed on %s (commit stuck, nothing in flight): "
+            "fetching again from the committed offsets",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stuck),
+        )
+        metrics.refetches.inc()
+        await healing.reseek(consumer)
+        _holes.seen.clear()
+
+
 @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
 async def report_consumer_lag() -> None:
     """Per-partition lag = highwater - position, for the partitions this worker owns."""
@@ -284,3 +315,28 @@ def await_chain(obj: object, limit: int = 40) -> list[str]:
         nxt = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None)
         obj = nxt or getattr(obj, "gi_yieldfrom", None)
     return out
+
+
+@app.page("/debug/consumer")
+class ConsumerView(View):
+    """Per assigned partition: Kafka position and highwater, Faust's read/committed offsets.
+
+    Reads Faust's private bookkeeping (there is no public API for it): for diagnosis only.
+    """
+
+    async def get(self, request: Request) -> Response:
+        c: Any = app.consumer
+        active = c._active_partitions or set()
+        rows = {}
+        for tp in sorted(c.assignment()):
+            rows[f"{tp.topic}[{tp.partition}]"] = {
+                "position": await c.position(tp),
+                "highwater": c.highwater(tp),
+                "read_offset": c._read_offset.get(tp),
+                "committed_offset": c._committed_offset.get(tp),
+                "active": tp in active,
+                "paused": tp in c._paused_partitions,
+                "buffered": tp in c._buffered_partitions,
+                "unacked": len(c._unacked_messages) if hasattr(c, "_unacked_messages") else None,
+            }
+        return self.json({"flow_active": c.flow_active, "partitions": rows})

@@ -20,8 +20,10 @@ import uuid
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.worker import start_worker, stop_worker
+from scenerec.kafka import assigned_partitions, client_kwargs, consumer
 from tests.integration.conftest import Bus, Services, click, get_json, uid, wait_for
 
 pytestmark = pytest.mark.integration
@@ -64,7 +66,9 @@ def progress(services: Services, sent: dict[str, int]) -> str:
         with urllib.request.urlopen(f"{services.worker_url}/metrics", timeout=5) as resp:
             lines = resp.read().decode().splitlines()
         lag = "\n".join(
-            x for x in lines if x.startswith(("scenerec_consumer_lag", "scenerec_events_total"))
+            x
+            for x in lines
+            if x.startswith(("scenerec_consumer_lag", "scenerec_events_total", "scenerec_refetch"))
         )
         with urllib.request.urlopen(f"{services.worker_url}/debug/tasks", timeout=5) as resp:
             tasks = resp.read().decode()
@@ -76,11 +80,49 @@ def progress(services: Services, sent: dict[str, int]) -> str:
     )
 
 
+async def kafka_view(services: Services, users: list[str]) -> str:
+    """Where the users' clicks are in Kafka, and the worker group's committed offsets."""
+    topic = services.settings.topic("events.click")
+    cons = consumer(services.settings, auto_offset_reset="earliest")
+    admin = AIOKafkaAdminClient(**client_kwargs(services.settings))
+    await cons.start()
+    await admin.start()
+    try:
+        tps = await assigned_partitions(cons, topic)
+        end = await cons.end_offsets(tps)
+        where: dict[str, set[tuple[int, int]]] = {}
+        while any([await cons.position(tp) < end[tp] for tp in tps]):
+            for tp, recs in (await cons.getmany(timeout_ms=500)).items():
+                for r in recs:
+                    user = (r.key or b"").decode()
+                    if user in users:
+                        where.setdefault(user, set()).add((tp.partition, r.offset))
+        committed = await admin.list_consumer_group_offsets(services.settings.app_id)
+    finally:
+        await cons.stop()
+        await admin.close()
+    spans = {u: sorted(pos) for u, pos in where.items()}
+    ours = {f"{tp.partition}": m.offset for tp, m in committed.items() if tp.topic == topic}
+    ends = {tp.partition: off for tp, off in end.items()}
+    return f"users' (partition, offset)s: {spans}\nend offsets: {ends}\ncommitted: {ours}"
+
+
 async def wait_applied(services: Services, sent: dict[str, int], timeout_s: float) -> None:
     try:
         await wait_for(lambda: all_applied(services, sent), timeout_s=timeout_s)
     except TimeoutError:
-        pytest.fail(f"not all events applied in {timeout_s:.0f}s; {progress(services, sent)}")
+        try:
+            kafka = await kafka_view(services, list(sent))
+        except Exception as exc:  # diagnostics must not hide the failure
+            kafka = f"(kafka view failed: {exc!r})"
+        try:
+            debug = get_json(f"{services.worker_url}/debug/consumer")[1]
+        except Exception as exc:
+            debug = f"(debug/consumer failed: {exc!r})"
+        pytest.fail(
+            f"not all events applied in {timeout_s:.0f}s; {kafka}\nworker consumer: {debug}\n"
+            f"{progress(services, sent)}"
+        )
 
 
 def check_exactly_once(services: Services, sent: dict[str, int]) -> None:

@@ -1,0 +1,112 @@
+"""Find messages Faust read but dropped, and fetch them again.
+
+faust-streaming 0.15.3 can lose messages around a rebalance, in two ways seen here:
+
+* table recovery seeks the stream partitions to their committed offsets while the fetcher
+  runs, then calls ``flow_control.resume()``, which clears every stream queue (they are
+  ``clear_on_resume``): what was fetched in between is never processed;
+* a fetch batch still being delivered when a seek moves the position back overwrites the
+  consumer's "read offset" after the seek, so the records fetched again below it are
+  dropped as already read.
+
+Either way the messages are never acked, so the partition's commit stops at the first of
+them and stays there (Faust commits only a run of consecutive acked offsets), while the
+consumer's position is at the end of the partition: nothing is in flight, nothing moves.
+Until the next rebalance they are lost. The ``kill -9`` fault test caught both.
+
+:func:`stuck_partitions` spots that state from the consumer's bookkeeping; :func:`reseek`
+fetches from the committed offsets again with the fetch loop parked, so no batch in
+delivery can overwrite the read offsets afterwards. Messages processed twice are no-ops
+(every change to a user's state is idempotent by event id, or by topic, partition and
+offset for records without one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Checks in a row a partition must look stuck before it is fetched again.
+STUCK_CHECKS = 3
+
+
+@dataclass(frozen=True)
+class PartitionView:
+    """What the consumer knows of one stream partition (read offset: the last delivered)."""
+
+    committed: int | None
+    read: int | None
+    in_flight: int  # messages of the partition taken by a stream and not acked yet
+
+
+def view(consumer: Any, stream_topics: Iterable[str]) -> dict[Any, PartitionView]:
+    """Faust's private bookkeeping per assigned partition of ``stream_topics``."""
+    topics = set(stream_topics)
+    in_flight: dict[Any, int] = {}
+    for message in list(consumer._unacked_messages):
+        in_flight[message.tp] = in_flight.get(message.tp, 0) + 1
+    return {
+        tp: PartitionView(
+            consumer._committed_offset.get(tp), consumer._read_offset.get(tp), in_flight.get(tp, 0)
+        )
+        for tp in consumer.assignment()
+        if tp.topic in topics
+    }
+
+
+def has_hole(v: PartitionView) -> bool:
+    """Read past the committed offset with nothing in flight: something was dropped.
+
+    A healthy partition that was read is committed up to read + 1 within a commit interval
+    once its streams have acked everything.
+    """
+    if v.read is None or v.in_flight:
+        return False
+    return v.read >= (v.committed or 0)
+
+
+@dataclass
+class HoleWatch:
+    """Partitions that showed the same hole ``STUCK_CHECKS`` checks in a row."""
+
+    seen: dict[Any, tuple[PartitionView, int]]
+
+    @classmethod
+    def new(cls) -> HoleWatch:
+        return cls({})
+
+    def stuck(self, views: Mapping[Any, PartitionView]) -> list[Any]:
+        out = []
+        seen: dict[Any, tuple[PartitionView, int]] = {}
+        for tp, v in views.items():
+            if not has_hole(v):
+                continue
+            before = self.seen.get(tp)
+            count = before[1] + 1 if before is not None and before[0] == v else 1
+            seen[tp] = (v, count)
+            if count >= STUCK_CHECKS:
+                out.append(tp)
+        self.seen = seen
+        return out
+
+
+async def reseek(consumer: Any, park_timeout_s: float = 10.0) -> None:
+    """Seek every partition to its committed offset with the fetch loop parked.
+
+    ``stop_flow`` makes the fetch loop stop delivering at its next record and wait for
+    ``can_resume_flow``; once it waits there, seeking cannot race a batch in delivery.
+    """
+    consumer.stop_flow()
+    try:
+        deadline = time.monotonic() + park_timeout_s
+        while not consumer.can_resume_flow._waiters and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await consumer.perform_seek()
+    finally:
+        consumer.resume_flow()

@@ -1,0 +1,81 @@
+"""Spotting messages Faust read but dropped, and the parked re-seek (streams/healing.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+from streams.healing import STUCK_CHECKS, HoleWatch, PartitionView, has_hole, reseek, view
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+def test_a_hole_is_a_read_partition_committed_behind_with_nothing_in_flight() -> None:
+    assert has_hole(PartitionView(committed=2, read=99, in_flight=0))
+    assert has_hole(PartitionView(committed=None, read=0, in_flight=0))
+    assert not has_hole(PartitionView(committed=100, read=99, in_flight=0))  # all committed
+    assert not has_hole(PartitionView(committed=2, read=99, in_flight=3))  # still working
+    assert not has_hole(PartitionView(committed=None, read=None, in_flight=0))  # nothing read
+
+
+def test_only_a_hole_that_stays_the_same_is_stuck() -> None:
+    watch = HoleWatch.new()
+    hole = {"p0": PartitionView(2, 99, 0)}
+    for _ in range(STUCK_CHECKS - 1):
+        assert watch.stuck(hole) == []
+    assert watch.stuck(hole) == ["p0"]
+    # Progress in between (the commit moved) starts the count again.
+    watch = HoleWatch.new()
+    assert watch.stuck(hole) == []
+    assert watch.stuck({"p0": PartitionView(50, 99, 0)}) == []
+    assert watch.stuck({"p0": PartitionView(50, 99, 0)}) == []
+    assert watch.stuck({"p0": PartitionView(100, 99, 0)}) == []  # caught up: no hole
+    assert watch.seen == {}
+
+
+def test_view_reads_the_consumers_bookkeeping_for_stream_topics_only() -> None:
+    tp_a, tp_b, tp_log = TP("clicks", 0), TP("clicks", 1), TP("changelog", 0)
+    consumer = SimpleNamespace(
+        assignment=lambda: {tp_a, tp_b, tp_log},
+        _unacked_messages=[SimpleNamespace(tp=tp_b)],
+        _committed_offset={tp_a: 2, tp_b: 7},
+        _read_offset={tp_a: 99, tp_b: 9},
+    )
+    got = view(consumer, ["clicks"])
+    assert got == {tp_a: PartitionView(2, 99, 0), tp_b: PartitionView(7, 9, 1)}
+
+
+class FakeConsumer:
+    """The fetch loop parks on ``can_resume_flow`` once flow is stopped."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.can_resume_flow = SimpleNamespace(_waiters=deque())
+        self.parked_before_seek = False
+
+    def stop_flow(self) -> None:
+        self.calls.append("stop")
+
+        async def park() -> None:  # the fetch loop gets there a moment later
+            await asyncio.sleep(0.1)
+            self.can_resume_flow._waiters.append(object())
+
+        self._park = asyncio.ensure_future(park())
+
+    async def perform_seek(self) -> None:
+        self.parked_before_seek = bool(self.can_resume_flow._waiters)
+        self.calls.append("seek")
+
+    def resume_flow(self) -> None:
+        self.calls.append("resume")
+
+
+async def test_reseek_waits_for_the_fetch_loop_to_park_then_seeks_and_resumes() -> None:
+    consumer: Any = FakeConsumer()
+    await reseek(consumer)
+    assert consumer.calls == ["stop", "seek", "resume"] and consumer.parked_before_seek
