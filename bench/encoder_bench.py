@@ -62,7 +62,8 @@ def bench_bare(enc: SentenceEncoder, texts: list[str], batch: int) -> float:
     single call over all texts would sort the whole set by length before cutting it into
     forward passes, so each pass would pad to almost nothing, a saving no caller that
     sends its own batches gets (with the 8-60 word texts here it made the bare model
-    about 1.7x faster at batch 32; see :func:`bench_bare_sorted`).
+    1.65x faster at batch 32, 101.5 against 61.6 texts/s in one run; see
+    :func:`bench_bare_sorted`).
     """
     enc.encode(texts[:batch], batch_size=batch)  # warm-up
     t0 = time.perf_counter()
