@@ -240,8 +240,12 @@ async def in_process_driver(
     encoder: SentenceEncoder | None = None,
     store_dir: Path | None = None,
     top_k: int = K,
+    colearn_path: Path | None = None,
 ) -> AsyncIterator[InProcessDriver]:
-    """A fresh pipeline: empty user state and index, a vector store in a temporary folder."""
+    """A fresh pipeline: empty user state and index, a vector store in a temporary folder.
+
+    ``colearn_path``: the worker's ``SCENEREC_COLEARN_PATH`` (None: plain scene model).
+    """
     enc = encoder if encoder is not None else await asyncio.to_thread(SentenceEncoder)
     with tempfile.TemporaryDirectory(prefix="scenerec-pipeline-model-") as tmp:
         store = open_store(store_dir if store_dir is not None else Path(tmp) / "qdrant")
@@ -250,7 +254,12 @@ async def in_process_driver(
             emitter = CollectingEmitter()
             pipeline = Pipeline(
                 # Every item is indexed before any click: never wait for the catalog.
-                config=PipelineConfig(scenes=tuple(scenes), top_k=top_k, unknown_item_wait_s=0),
+                config=PipelineConfig(
+                    scenes=tuple(scenes),
+                    top_k=top_k,
+                    unknown_item_wait_s=0,
+                    colearn_path=str(colearn_path) if colearn_path else None,
+                ),
                 store=store,
                 index=ItemIndex(enc.dim),
                 encoder=EncoderAdapter(enc),
@@ -376,10 +385,13 @@ async def run_slice(mode: str, driver: Driver, data: ReplaySlice) -> ModeResult:
 
 
 async def run_in_process(
-    data: ReplaySlice, scenes: Sequence[str], encoder: SentenceEncoder | None = None
+    data: ReplaySlice,
+    scenes: Sequence[str],
+    encoder: SentenceEncoder | None = None,
+    colearn_path: Path | None = None,
 ) -> ModeResult:
     t0 = time.perf_counter()
-    async with in_process_driver(scenes, encoder) as driver:
+    async with in_process_driver(scenes, encoder, colearn_path=colearn_path) as driver:
         load_s = time.perf_counter() - t0
         result = await run_slice("in-process", driver, data)
     result.seconds["encoder_load"] = load_s
