@@ -263,10 +263,11 @@ async def refetch_dropped_messages() -> None:
     consumer: Any = app.consumer
     if app.rebalancing or not consumer.flow_active:
         return
-    stuck = _holes.stuck(healing.view(consumer, [t.get_topic_name() for t in STREAM_TOPICS]))
+    views = await healing.view(consumer, [t.get_topic_name() for t in STREAM_TOPICS])
+    stuck = _holes.stuck(views)
     if stuck:
         log.warning(
-            "messages read but never processed on %s (commit stuck, nothing in flight): "
+            "messages fetched but never processed on %s (commit stuck, nothing in flight): "
             "fetching again from the committed offsets",
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stuck),
         )

@@ -16,38 +16,51 @@ class TP(NamedTuple):
 
 
 def test_a_hole_is_a_read_partition_committed_behind_with_nothing_in_flight() -> None:
-    assert has_hole(PartitionView(committed=2, read=99, in_flight=0))
-    assert has_hole(PartitionView(committed=None, read=0, in_flight=0))
-    assert not has_hole(PartitionView(committed=100, read=99, in_flight=0))  # all committed
-    assert not has_hole(PartitionView(committed=2, read=99, in_flight=3))  # still working
-    assert not has_hole(PartitionView(committed=None, read=None, in_flight=0))  # nothing read
+    assert has_hole(PartitionView(committed=2, fetched=100, in_flight=0))
+    assert has_hole(PartitionView(committed=None, fetched=5, in_flight=0))
+    assert not has_hole(PartitionView(committed=100, fetched=100, in_flight=0))  # all done
+    assert not has_hole(PartitionView(committed=2, fetched=100, in_flight=3))  # still working
+    assert not has_hole(PartitionView(committed=None, fetched=0, in_flight=0))  # nothing yet
+    assert not has_hole(PartitionView(committed=None, fetched=None, in_flight=0))
 
 
 def test_only_a_hole_that_stays_the_same_is_stuck() -> None:
     watch = HoleWatch.new()
-    hole = {"p0": PartitionView(2, 99, 0)}
+    hole = {"p0": PartitionView(2, 100, 0)}
     for _ in range(STUCK_CHECKS - 1):
         assert watch.stuck(hole) == []
     assert watch.stuck(hole) == ["p0"]
     # Progress in between (the commit moved) starts the count again.
     watch = HoleWatch.new()
     assert watch.stuck(hole) == []
-    assert watch.stuck({"p0": PartitionView(50, 99, 0)}) == []
-    assert watch.stuck({"p0": PartitionView(50, 99, 0)}) == []
-    assert watch.stuck({"p0": PartitionView(100, 99, 0)}) == []  # caught up: no hole
+    assert watch.stuck({"p0": PartitionView(50, 100, 0)}) == []
+    assert watch.stuck({"p0": PartitionView(50, 100, 0)}) == []
+    assert watch.stuck({"p0": PartitionView(100, 100, 0)}) == []  # caught up: no hole
     assert watch.seen == {}
 
 
-def test_view_reads_the_consumers_bookkeeping_for_stream_topics_only() -> None:
-    tp_a, tp_b, tp_log = TP("clicks", 0), TP("clicks", 1), TP("changelog", 0)
+async def test_view_reads_the_consumers_bookkeeping_for_stream_topics_only() -> None:
+    tp_a, tp_b, tp_c, tp_log = TP("clicks", 0), TP("clicks", 1), TP("social", 0), TP("log", 0)
+    positions = {tp_a: 100, tp_b: 10, tp_c: 6}
+
+    async def position(tp: TP) -> int:
+        return positions[tp]
+
     consumer = SimpleNamespace(
-        assignment=lambda: {tp_a, tp_b, tp_log},
+        assignment=lambda: {tp_a, tp_b, tp_c, tp_log},
         _unacked_messages=[SimpleNamespace(tp=tp_b)],
-        _committed_offset={tp_a: 2, tp_b: 7},
-        _read_offset={tp_a: 99, tp_b: 9},
+        _committed_offset={tp_a: 2, tp_b: 7, tp_c: 3},
+        position=position,
     )
-    got = view(consumer, ["clicks"])
-    assert got == {tp_a: PartitionView(2, 99, 0), tp_b: PartitionView(7, 9, 1)}
+    got = await view(consumer, ["clicks", "social"])
+    # A message of clicks[1] in flight: the clicks agent is busy, so clicks[0] may be
+    # waiting in its queue (no hole); social has nothing in flight.
+    assert got == {
+        tp_a: PartitionView(2, 100, 1),
+        tp_b: PartitionView(7, 10, 1),
+        tp_c: PartitionView(3, 6, 0),
+    }
+    assert [has_hole(got[tp]) for tp in (tp_a, tp_b, tp_c)] == [False, False, True]
 
 
 class FakeConsumer:
