@@ -437,9 +437,7 @@ def explain(
         sources.append((float(vec @ cand), "user", user))
     if not sources:
         return f"{where}: close to your taste"
-    # Highest similarity wins; on a tie, items before the profile before followed users.
-    order = {"item": 0, "profile": 1, "user": 2}
-    _, kind, name = max(sources, key=lambda t: (t[0], -order[t[1]]))
+    _, kind, name = max(sources, key=lambda t: (t[0], -_SOURCE_RANK[t[1]]))
     if kind == "item":
         reason = f"{where}: similar to '{index.title(name)}' you engaged with"
         fact = index.shared_fact(item_id, name)
@@ -447,6 +445,11 @@ def explain(
     if kind == "user":
         return f"{where}: close to the taste of {name}, whom you follow"
     return f"{where}: matches your profile"
+
+
+#: Highest similarity wins in :func:`explain`; on a tie, an item before the profile before
+#: a followed user.
+_SOURCE_RANK = {"item": 0, "profile": 1, "user": 2}
 
 
 def fact_label(fact: str) -> str:

@@ -14,7 +14,7 @@ them and stays there (Faust commits only a run of consecutive acked offsets), wh
 consumer's position is at the end of the partition: nothing is in flight, nothing moves.
 Until the next rebalance they are lost. The ``kill -9`` fault test caught both.
 
-:func:`stuck_partitions` spots that state from the consumer's bookkeeping; :func:`reseek`
+:func:`view` and :class:`HoleWatch` spot that state from the consumer's bookkeeping; :func:`reseek`
 fetches from the committed offsets again with the fetch loop parked, so no batch in
 delivery can overwrite the read offsets afterwards. Messages processed twice are no-ops
 (every change to a user's state is idempotent by event id, or by topic, partition and
@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,7 @@ def has_hole(v: PartitionView) -> bool:
 class HoleWatch:
     """Partitions that showed the same hole ``STUCK_CHECKS`` checks in a row."""
 
-    seen: dict[Any, tuple[PartitionView, int]]
-
-    @classmethod
-    def new(cls) -> HoleWatch:
-        return cls({})
+    seen: dict[Any, tuple[PartitionView, int]] = field(default_factory=dict)
 
     def stuck(self, views: Mapping[Any, PartitionView]) -> list[Any]:
         out = []

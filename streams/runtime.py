@@ -254,7 +254,7 @@ class UserStateView(View):
         )
 
 
-_holes = healing.HoleWatch.new()
+_holes = healing.HoleWatch()
 
 
 @app.timer(interval=5.0)  # type: ignore[untyped-decorator]

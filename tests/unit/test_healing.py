@@ -25,13 +25,13 @@ def test_a_hole_is_a_read_partition_committed_behind_with_nothing_in_flight() ->
 
 
 def test_only_a_hole_that_stays_the_same_is_stuck() -> None:
-    watch = HoleWatch.new()
+    watch = HoleWatch()
     hole = {"p0": PartitionView(2, 100, 0)}
     for _ in range(STUCK_CHECKS - 1):
         assert watch.stuck(hole) == []
     assert watch.stuck(hole) == ["p0"]
     # Progress in between (the commit moved) starts the count again.
-    watch = HoleWatch.new()
+    watch = HoleWatch()
     assert watch.stuck(hole) == []
     assert watch.stuck({"p0": PartitionView(50, 100, 0)}) == []
     assert watch.stuck({"p0": PartitionView(50, 100, 0)}) == []
