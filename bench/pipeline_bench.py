@@ -21,7 +21,8 @@ demo is never touched and phases do not see each other's state. Measured, in ord
    Ray Serve and cached (bench/encoder_cache.py);
 5. ``scale_out``: two workers, four partitions, then the same with a ``kill -9``.
 
-``--profile-seconds N`` records the worker with py-spy during each throughput window and
+``--profile-seconds N`` records the worker with py-spy during each throughput window and the
+highest fixed-rate latency run, and
 writes the summary to results/profile/. The stack is always torn down at the end (also on
 Ctrl-C or SIGTERM).
 """
@@ -54,6 +55,7 @@ from bench.stack import (
     base_env,
     dir_size_mb,
     events_counted,
+    histogram_totals,
     load_average,
     machine,
     wait_indexed,
@@ -281,15 +283,22 @@ class Run:
         return lane, worker
 
     def latency(self) -> None:
-        lane, _ = self.main_lane()
+        lane, worker = self.main_lane()
         measured = self.result.setdefault("latency_detail", {})
         # Steady state: the throughput run's backlog has drained; let the worker go idle.
         time.sleep(self.args.settle_seconds)
         for rate in self.args.rate_list:
             log.info("latency at %d events/s for %.0fs", rate, self.args.latency_seconds)
+            before = asyncio.run(worker_histograms(worker))
+            spy = None
+            if rate == max(self.args.rate_list):  # where the tail is: profile the worker
+                spy = self.profile_later(worker, f"worker-latency-{rate}", delay=2.0)
             lat = asyncio.run(
                 load.latency_at(lane.settings, self.source, rate, self.args.latency_seconds, 60)
             )
+            if spy is not None:
+                spy()
+            lat.update(histogram_deltas(before, asyncio.run(worker_histograms(worker))))
             measured[str(rate)] = lat
             log.info("latency at %d: %s", rate, lat)
         self.result["latency_ms"] = {
@@ -378,13 +387,18 @@ class Run:
             "worker at 40% of the stream (see bench/scale_out.py)"
         )
 
-    def profile_later(self, worker: Worker, name: str) -> Callable[[], None] | None:
-        """Start py-spy on ``worker`` half-way into the warm-up; return a finisher."""
-        seconds = min(self.args.profile_seconds, self.args.seconds)
+    def profile_later(
+        self, worker: Worker, name: str, delay: float | None = None
+    ) -> Callable[[], None] | None:
+        """Start py-spy on ``worker`` after ``delay`` (default: centred in the throughput
+        window) for at most ``--profile-seconds``; return a finisher."""
+        window = self.args.seconds if delay is None else self.args.latency_seconds - delay - 1
+        seconds = min(self.args.profile_seconds, window)
         if seconds <= 0:
             return None
         out = self.args.profile_dir / f"{name}.raw"
-        delay = self.args.warmup_seconds + max(0.0, (self.args.seconds - seconds) / 2)
+        if delay is None:
+            delay = self.args.warmup_seconds + max(0.0, (self.args.seconds - seconds) / 2)
         started: dict[str, Any] = {}
 
         def start() -> None:
@@ -436,6 +450,36 @@ class Run:
                     self.throughput(catalog)
         if self.wants("scale_out"):
             self.scale_out()
+
+
+#: Worker histograms read around each latency run: what the worker saw of the tail.
+_WORKER_HISTOGRAMS = {
+    "worker_gc": "scenerec_gc_pause_seconds",
+    "worker_event_to_list": "scenerec_event_to_recommendation_seconds",
+    "worker_batch": "scenerec_processing_seconds",
+    "worker_gather": "scenerec_batch_gather_seconds",
+}
+
+
+async def worker_histograms(worker: Worker) -> dict[str, dict[str, float]]:
+    return {k: await histogram_totals(worker, name) for k, name in _WORKER_HISTOGRAMS.items()}
+
+
+def histogram_deltas(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Per histogram: observations during the run, their mean (ms) and how many took at
+    least 10 / 100 / 1,000 ms (from the bucket bounds)."""
+    out: dict[str, dict[str, float]] = {}
+    for key, now in after.items():
+        d = {k: v - before.get(key, {}).get(k, 0.0) for k, v in now.items()}
+        n = d.get("count", 0.0)
+        out[key] = {
+            "n": n,
+            "mean_ms": round(1000 * d.get("sum", 0.0) / n, 2) if n else 0.0,
+            **{f"n_{b}ms_or_more": n - d.get(f"le_{b / 1000}", n) for b in (10, 100, 1000)},
+        }
+    return out
 
 
 def table(result: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from scenerec.config import Settings
 
@@ -231,24 +232,44 @@ class BenchStack:
 # --- reading a worker -----------------------------------------------------------------------
 
 
-async def events_counted(worker: Worker, topic: str = CLICK_TOPIC, outcome: str = "ok") -> float:
-    """Sum of ``scenerec_events_total{topic=..., outcome=...}`` over its other labels."""
+async def metric_samples(worker: Worker, family_name: str) -> list[Sample]:
+    """Every sample of one metric family from the worker's ``/metrics``."""
     url = f"{worker.url}/metrics"
     status, body = await asyncio.to_thread(http_get, url)
     if status != 200:
         raise RuntimeError(f"GET {url} answered {status}")
-    total = 0.0
-    for family in text_string_to_metric_families(body.decode()):
-        if family.name != "scenerec_events":
+    return [
+        sample
+        for family in text_string_to_metric_families(body.decode())
+        if family.name == family_name
+        for sample in family.samples
+    ]
+
+
+async def events_counted(worker: Worker, topic: str = CLICK_TOPIC, outcome: str = "ok") -> float:
+    """Sum of ``scenerec_events_total{topic=..., outcome=...}`` over its other labels."""
+    return sum(
+        float(sample.value)
+        for sample in await metric_samples(worker, "scenerec_events")
+        if sample.name == "scenerec_events_total"
+        and sample.labels.get("topic") == topic
+        and sample.labels.get("outcome") == outcome
+    )
+
+
+async def histogram_totals(worker: Worker, family_name: str) -> dict[str, float]:
+    """One histogram of the worker summed over its labels: ``count``, ``sum`` and the
+    cumulative count per bucket bound (``le_<bound>``), to diff two readings."""
+    out: dict[str, float] = {}
+    for sample in await metric_samples(worker, family_name):
+        if sample.name.endswith("_bucket"):
+            key = f"le_{sample.labels['le']}"
+        elif sample.name.endswith(("_count", "_sum")):
+            key = sample.name.rsplit("_", 1)[1]
+        else:
             continue
-        for sample in family.samples:
-            if (
-                sample.name == "scenerec_events_total"
-                and sample.labels.get("topic") == topic
-                and sample.labels.get("outcome") == outcome
-            ):
-                total += float(sample.value)
-    return total
+        out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
 
 
 async def wait_indexed(worker: Worker, n_items: int, timeout_s: float) -> float:

@@ -16,10 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scenerec.config import Settings, load_settings
 from streams import topics as t
-from streams.metrics import WorkerMetrics
+from streams.metrics import WorkerMetrics, watch_gc
 
 settings: Settings = load_settings()
 metrics = WorkerMetrics.create()
+watch_gc(metrics.gc_pause_seconds)
 
 
 def _credentials(s: Settings) -> Any:

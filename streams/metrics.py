@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -16,6 +19,8 @@ class WorkerMetrics:
     events: Counter
     dlq: Counter
     processing_seconds: Histogram
+    batch_events: Histogram
+    batch_gather_seconds: Histogram
     encoder_batch_size: Histogram
     encoder_seconds: Histogram
     recommendations: Counter
@@ -26,6 +31,7 @@ class WorkerMetrics:
     vectorstore_seconds: Histogram
     forgotten: Counter
     refetches: Counter
+    gc_pause_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -48,6 +54,21 @@ class WorkerMetrics:
             processing_seconds=Histogram(
                 "scenerec_processing_seconds",
                 "Time from a batch being taken from a topic to its effects being emitted",
+                ["topic"],
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            batch_events=Histogram(
+                "scenerec_batch_events",
+                "Messages per batch taken from a topic",
+                ["topic"],
+                buckets=_BATCH_BUCKETS,
+                registry=reg,
+            ),
+            batch_gather_seconds=Histogram(
+                "scenerec_batch_gather_seconds",
+                "From the end of one batch of a topic to the next batch being handed over"
+                " (reading messages, and waiting for them when the topic is quiet)",
                 ["topic"],
                 buckets=_LATENCY_BUCKETS,
                 registry=reg,
@@ -109,4 +130,27 @@ class WorkerMetrics:
                 "(streams/healing.py)",
                 registry=reg,
             ),
+            gc_pause_seconds=Histogram(
+                "scenerec_gc_pause_seconds",
+                "Python garbage-collector pauses of the worker (the event loop stops during"
+                " each), by generation",
+                ["generation"],
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
         )
+
+
+def watch_gc(hist: Histogram) -> Callable[[str, dict[str, int]], None]:
+    """Time every collection into ``hist``; returns the callback (to remove it in tests)."""
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif started[0]:
+            hist.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+            started[0] = 0.0
+
+    gc.callbacks.append(on_gc)
+    return on_gc

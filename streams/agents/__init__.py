@@ -54,13 +54,17 @@ async def consume(
     A batch that keeps failing (encoder or store down past its retries) is not dropped:
     every message of it goes to the dead-letter topic with the error as reason.
     """
+    ended = time.perf_counter()
     # take_events is on faust.Stream (faust-streaming >= 0.10), not on the StreamT protocol.
     async for events in stream.take_events(batch_max, within=within_s):  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        metrics.batch_gather_seconds.labels(topic).observe(started - ended)
+        metrics.batch_events.labels(topic).observe(len(events))
         batch = [incoming(e) for e in events]
         pipe = await get_pipeline()
-        started = time.perf_counter()
         await handle(pipe, batch, handler, topic)
-        metrics.processing_seconds.labels(topic).observe(time.perf_counter() - started)
+        ended = time.perf_counter()
+        metrics.processing_seconds.labels(topic).observe(ended - started)
 
 
 async def handle(pipe: Pipeline, batch: Sequence[Incoming], handler: Handler, topic: str) -> None:

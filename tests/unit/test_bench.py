@@ -249,3 +249,28 @@ def test_cli_checks_phases_and_prints_a_table() -> None:
         }
     )
     assert "throughput, catalog 1682" in text and "1.0 / 2.0 / 3.0" in text
+
+
+def test_histogram_deltas_count_slow_observations_from_bucket_bounds() -> None:
+    # Every bucket is in every reading (cumulative counts, as Prometheus exposes them).
+    before = {
+        "worker_batch": {"count": 10.0, "sum": 0.5, "le_0.01": 4.0, "le_0.1": 10.0, "le_1.0": 10.0}
+    }
+    after = {
+        "worker_batch": {
+            "count": 14.0,
+            "sum": 2.5,
+            "le_0.01": 5.0,
+            "le_0.1": 12.0,
+            "le_1.0": 14.0,
+        }
+    }
+    d = pipeline_bench.histogram_deltas(before, after)["worker_batch"]
+    # 4 new observations, 2 s in all; 3 of them at or above 10 ms, 2 at or above 100 ms.
+    assert d == {
+        "n": 4.0,
+        "mean_ms": 500.0,
+        "n_10ms_or_more": 3.0,
+        "n_100ms_or_more": 2.0,
+        "n_1000ms_or_more": 0.0,
+    }
