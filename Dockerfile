@@ -39,9 +39,11 @@ COPY --chown=scenerec:scenerec . /app
 
 # The code runs from /app (the README's `PYTHONPATH=.`); state goes to one writable folder:
 # the embedded vector store and logs (SCENEREC_VAR_DIR) and Faust's data dir.
+# FAUST_LOOP: the worker runs on uvloop (deploy/worker.py says why; "aio" for asyncio's).
 ENV PYTHONPATH=/app \
     SCENEREC_VAR_DIR=/var/lib/scenerec \
-    FAUST_DATADIR=/var/lib/scenerec/faust-data
+    FAUST_DATADIR=/var/lib/scenerec/faust-data \
+    FAUST_LOOP=uvloop
 
 USER scenerec
 

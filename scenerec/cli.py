@@ -47,8 +47,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     check_writable(settings.var_dir, settings.min_free_mb)  # a clear error now, not mid-stream
-    argv = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", args.loglevel]
-    os.execv(sys.executable, argv)
+    from deploy.worker import DEFAULT_LOOP, FAUST_WORKER
+
+    argv = [sys.executable, *FAUST_WORKER, "-l", args.loglevel]
+    os.execve(sys.executable, argv, {**DEFAULT_LOOP, **os.environ})
     return 0  # pragma: no cover - execv does not return
 
 

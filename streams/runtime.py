@@ -136,6 +136,8 @@ class Runtime(Service):
         # Fail at start, with the reason, when the data folder cannot be written (read-only
         # mount, full disk): not later, mid-stream, inside the vector store.
         check_writable(settings.var_dir, settings.min_free_mb)
+        loop = asyncio.get_running_loop()
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
         await ensure_topics(settings)
         # Retries with backoff up to ~50 s: long enough for Serve to replace a dead replica.
         self._encoder = EncoderClient(settings.encoder_base_url, retries=8)

@@ -230,3 +230,30 @@ def test_state_codec_keeps_the_followed_users_vectors() -> None:
     back = codec.loads(codec.dumps(s))
     assert list(back.pulled_by) == ["v:1"] and np.allclose(back.pulled_by["v:1"], unit(2))
     assert set(back.scene_vecs) == {"a"}
+
+
+def _normalize_reference(v: np.ndarray) -> np.ndarray:
+    """The formula ``normalize`` had before it skipped ``np.linalg.norm``'s overhead."""
+    norm = float(np.linalg.norm(v))
+    if norm < 1e-12:
+        return np.zeros_like(v, dtype=np.float32)
+    return (v / norm).astype(np.float32, copy=False)
+
+
+def test_normalize_and_move_toward_equal_the_linalg_formula_bit_for_bit() -> None:
+    rng = np.random.default_rng(7)
+    for t in range(3000):
+        v = (rng.standard_normal(384) * 10.0 ** rng.integers(-8, 4)).astype(np.float32)
+        if t % 100 == 0:
+            v[:] = 0.0  # stays zero, not NaN
+        if t % 7 == 0:
+            v = v.astype(np.float64)  # the general path
+        got, want = normalize(v), _normalize_reference(v)
+        assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+        target = rng.standard_normal(384).astype(np.float32)
+        rate = float(rng.uniform(-1.5, 1.5))  # clamped to [-1, 1]
+        clamped = min(max(rate, -1.0), 1.0)
+        step = ((1.0 - abs(clamped)) * v + clamped * target).astype(np.float32)
+        assert np.array_equal(move_toward(v, target, rate), _normalize_reference(step))
+    m = rng.standard_normal((5, 384)).astype(np.float32)
+    assert np.array_equal(normalize(m), _normalize_reference(m))
