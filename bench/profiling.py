@@ -22,6 +22,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,10 @@ def record(
     pid: int, seconds: float, out: Path, rate: int = 100, fmt: str = "raw"
 ) -> subprocess.Popen[bytes]:
     """Start ``py-spy record`` on ``pid`` for ``seconds`` in the background."""
-    exe = shutil.which("py-spy")
+    # The venv's own script first: `make bench` runs the venv's python without the venv
+    # on PATH.
+    beside = Path(sys.executable).parent / "py-spy"
+    exe = str(beside) if beside.is_file() else shutil.which("py-spy")
     if exe is None:
         raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # 10 ms: at 1,000 clicks/s a 50 ms window left a standing ~2 s queue (p99 2,396 ms vs
     # 271 ms with 10 ms on a fresh worker, docs/benchmarks.md).
     batch_within_s: float = Field(default=0.01, gt=0)
+    # The window grows up to this while batches take long to handle (streams/batching.py).
+    batch_within_max_s: float = Field(default=0.1, gt=0)
     unknown_item_wait_s: float = Field(default=30.0, ge=0)
     min_free_mb: int = Field(default=100, ge=0, description="refuse to start below this")
     max_future_s: float = Field(default=86400.0, gt=0, description="refuse later event times")

@@ -21,4 +21,5 @@ async def process_social(stream: faust.StreamT[bytes]) -> None:
         metrics,
         settings.batch_max,
         settings.batch_within_s,
+        settings.batch_within_max_s,
     )

@@ -1,0 +1,107 @@
+"""``streams.batching.take_batches`` on a real Faust agent stream (``test_context``)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from streams.batching import take_batches
+
+app = faust.App("test-batching", store="memory://", autodiscover=False)
+
+
+@dataclass
+class Plan:
+    max_: int = 10
+    windows: list[float] = field(default_factory=lambda: [0.05])  # one per wait, last repeats
+    handle_s: float = 0.0  # time the "handler" takes per batch
+    batches: list[list[Any]] = field(default_factory=list)
+    acked_before_next: list[bool] = field(default_factory=list)
+    waits: int = 0
+
+    def window(self) -> float:
+        w = self.windows[min(self.waits, len(self.windows) - 1)]
+        self.waits += 1
+        return w
+
+
+plan = Plan()
+
+
+@app.agent()
+async def batcher(stream: faust.StreamT[Any]) -> None:
+    previous: list[Any] = []
+    async for events in take_batches(stream, plan.max_, plan.window):
+        # The previous batch's events are acked once this one is asked for, not before.
+        plan.acked_before_next.append(all(e.message.acked for e in previous))
+        assert not any(e.message.acked for e in events)
+        plan.batches.append([e.value for e in events])
+        await asyncio.sleep(plan.handle_s)
+        previous = list(events)
+
+
+async def seen(n: int, timeout: float = 10.0) -> None:
+    async def wait() -> None:
+        while sum(map(len, plan.batches)) < n:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), timeout)
+
+
+async def test_batches_hold_at_most_max_and_are_acked_after_they_are_handled() -> None:
+    global plan
+    plan = Plan(max_=10, windows=[5.0])
+    async with batcher.test_context() as ctx:
+        t0 = asyncio.get_running_loop().time()
+        for i in range(25):
+            await ctx.put(i, wait=False)
+        await seen(20)
+        # Two full batches went out at once, without waiting for the 5 s window.
+        assert asyncio.get_running_loop().time() - t0 < 2.0
+        assert plan.batches[:2] == [list(range(10)), list(range(10, 20))]
+        await seen(25)  # the last 5 when the window ends
+    assert plan.batches[2] == list(range(20, 25))
+    assert all(plan.acked_before_next[1:])
+
+
+async def test_the_window_is_read_again_before_every_wait() -> None:
+    global plan
+    # A 10 ms window, then a 1 s one from the third wait on (the agents lengthen it
+    # after a batch that took long to handle).
+    plan = Plan(max_=100, windows=[0.01, 0.01, 1.0])
+    async with batcher.test_context() as ctx:
+        await ctx.put("a", wait=False)
+        await seen(1)
+        await asyncio.sleep(0.1)  # now in a 1 s window
+        await ctx.put("b", wait=False)
+        await asyncio.sleep(0.2)
+        await ctx.put("c", wait=False)  # 200 ms later: same window, same batch
+        await seen(3)
+    assert plan.batches == [["a"], ["b", "c"]]
+
+
+async def test_with_a_short_window_events_apart_go_in_separate_batches() -> None:
+    global plan
+    plan = Plan(max_=100, windows=[0.01])
+    async with batcher.test_context() as ctx:
+        await ctx.put("a", wait=False)
+        await seen(1)
+        await ctx.put("b", wait=False)
+        await asyncio.sleep(0.2)
+        await ctx.put("c", wait=False)
+        await seen(3)
+    assert plan.batches == [["a"], ["b"], ["c"]]
+
+
+def test_the_window_grows_only_after_a_slow_batch_and_up_to_its_bound() -> None:
+    from streams.agents import SLOW_BATCH_WINDOWS, batch_window
+
+    within, upper = 0.01, 0.1
+    assert batch_window(0.0, within, upper) == within  # idle
+    assert batch_window(0.03, within, upper) == within  # a cheap batch: latency first
+    slow = SLOW_BATCH_WINDOWS * within + 0.01
+    assert batch_window(slow, within, upper) == slow  # gather as long as handling took
+    assert batch_window(0.5, within, upper) == upper  # never past the bound
