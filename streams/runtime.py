@@ -265,7 +265,13 @@ async def refetch_dropped_messages() -> None:
     consumer: Any = app.consumer
     if app.rebalancing or not consumer.flow_active:
         return
-    views = await healing.view(consumer, [t.get_topic_name() for t in STREAM_TOPICS])
+    try:
+        views = await healing.view(consumer, [t.get_topic_name() for t in STREAM_TOPICS])
+    except Exception:
+        # A partition revoked between the check above and here: look again next time,
+        # rather than let the timer's exception stop the worker.
+        log.warning("could not read the consumer's partitions this time", exc_info=True)
+        return
     stuck = _holes.stuck(views)
     if stuck:
         log.warning(
@@ -278,15 +284,30 @@ async def refetch_dropped_messages() -> None:
         _holes.seen.clear()
 
 
+def partition_lag(highwater: int | None, position: int | None) -> int | None:
+    """Messages behind the end of a partition; None until both ends are known.
+
+    Right after a rebalance a newly assigned partition has no highwater yet (nothing
+    fetched): the bench's ``kill -9`` takeover once hit that, and the ``TypeError`` this
+    timer raised crashed the surviving worker (a Faust timer that raises stops the app).
+    """
+    if highwater is None or position is None:
+        return None
+    return max(0, highwater - position)
+
+
 @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
 async def report_consumer_lag() -> None:
     """Per-partition lag = highwater - position, for the partitions this worker owns."""
     consumer = app.consumer
-    for tp in consumer.assignment():
-        position = await consumer.position(tp)
-        if position is not None:
-            lag = max(0, consumer.highwater(tp) - position)
-            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+    try:
+        for tp in consumer.assignment():
+            lag = partition_lag(consumer.highwater(tp), await consumer.position(tp))
+            if lag is not None:
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+    except Exception:
+        # A metric is never a reason to stop the worker (the timer's exception would).
+        log.warning("consumer lag not reported this time", exc_info=True)
 
 
 @app.page("/debug/tasks")

@@ -92,3 +92,14 @@ async def test_reseek_waits_for_the_fetch_loop_to_park_then_seeks_and_resumes() 
     consumer: Any = FakeConsumer()
     await reseek(consumer)
     assert consumer.calls == ["stop", "seek", "resume"] and consumer.parked_before_seek
+
+
+def test_lag_is_unknown_until_the_partition_has_a_highwater() -> None:
+    from streams.runtime import partition_lag
+
+    # Just after a rebalance: assigned, nothing fetched yet. Must not raise (it once
+    # crashed the surviving worker of the bench's kill -9 takeover).
+    assert partition_lag(None, 120) is None
+    assert partition_lag(500, None) is None
+    assert partition_lag(500, 120) == 380
+    assert partition_lag(100, 120) == 0
