@@ -87,7 +87,6 @@ def start_worker(
         **(env or {}),
         "SCENEREC_WORKER_WEB_PORT": str(web_port),
     }
-
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             cmd,

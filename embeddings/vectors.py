@@ -21,17 +21,14 @@ def normalize(v: Vector) -> Vector:
     exact for square roots), so this is ``v / np.linalg.norm(v)`` bit for bit, without
     its per-call overhead (it runs twice per click).
     """
-    if v.dtype != np.float32 or v.ndim != 1:  # not on the per-click path
+    if v.dtype == np.float32 and v.ndim == 1:  # the per-click path
+        norm = float(np.float32(math.sqrt(float(v @ v))))
+    else:
         norm = float(np.linalg.norm(v))
-        if norm < _EPS:
-            return np.zeros_like(v, dtype=np.float32)
-        out: Vector = (v / norm).astype(np.float32, copy=False)
-        return out
-    norm = float(np.float32(math.sqrt(float(v @ v))))
     if norm < _EPS:
         return np.zeros_like(v, dtype=np.float32)
-    out32: Vector = v / np.float32(norm)
-    return out32
+    out: Vector = (v / norm).astype(np.float32, copy=False)
+    return out
 
 
 def move_toward(current: Vector | None, target: Vector, rate: float) -> Vector:

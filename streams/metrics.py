@@ -143,14 +143,15 @@ class WorkerMetrics:
 
 def watch_gc(hist: Histogram) -> Callable[[str, dict[str, int]], None]:
     """Time every collection into ``hist``; returns the callback (to remove it in tests)."""
-    started = [0.0]
+    started = 0.0
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
         if phase == "start":
-            started[0] = time.perf_counter()
-        elif started[0]:
-            hist.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
-            started[0] = 0.0
+            started = time.perf_counter()
+        elif started:
+            hist.labels(str(info["generation"])).observe(time.perf_counter() - started)
+            started = 0.0
 
     gc.callbacks.append(on_gc)
     return on_gc

@@ -62,7 +62,7 @@ async def consume(
     metrics: WorkerMetrics,
     batch_max: int,
     within_s: float,
-    within_max_s: float | None = None,
+    within_max_s: float,
 ) -> None:
     """Batches off ``stream`` into ``handler``; a batch is acked only once handled.
 
@@ -76,10 +76,9 @@ async def consume(
     """
     ended = time.perf_counter()
     handled_s = 0.0
-    upper = within_s if within_max_s is None else max(within_s, within_max_s)
 
     def window() -> float:
-        return batch_window(handled_s, within_s, upper)
+        return batch_window(handled_s, within_s, within_max_s)
 
     async for events in take_batches(stream, batch_max, window):
         started = time.perf_counter()
