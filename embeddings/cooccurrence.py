@@ -27,6 +27,21 @@ class CoOccurrence:
         self._co = np.zeros((n_items, n_items), dtype=np.float32)
         self._counts = np.zeros(n_items, dtype=np.float64)
 
+    @property
+    def n_items(self) -> int:
+        return int(self._counts.shape[0])
+
+    def grow(self, n_items: int) -> None:
+        """Make room for ``n_items`` (a catalog that grows while the stream runs)."""
+        n = self.n_items
+        if n_items <= n:
+            return
+        co = np.zeros((n_items, n_items), dtype=np.float32)
+        co[:n, :n] = self._co
+        counts = np.zeros(n_items, dtype=np.float64)
+        counts[:n] = self._counts
+        self._co, self._counts = co, counts
+
     def add(self, history: Sequence[int], row: int) -> None:
         """Count ``row`` with the user's earlier distinct items ``history``."""
         if history:
@@ -52,4 +67,10 @@ class CoOccurrence:
             mass = (dense @ self._co).astype(np.float64)
         sims: FloatArray = mass / norm
         out: FloatArray = sims / np.sqrt(len(rows))
+        return out
+
+    def row_mass(self, rows: Sequence[int], target: int) -> FloatArray:
+        """Each of ``rows``' term in ``target``'s score (up to the shared normalization)."""
+        rows = list(rows)
+        out: FloatArray = self._co[rows, target] / np.sqrt(np.maximum(self._counts[rows], 1.0))
         return out

@@ -40,6 +40,13 @@ class DecayedPopularity:
         # An event older than ``now`` (out-of-order delivery) counts at its decayed weight.
         self._counts[row] += weight * math.exp(-self._rate * (self._now - timestamp))
 
+    def set_half_life(self, half_life_s: float) -> None:
+        """Decay at this half-life from now on; the counts as of :attr:`now` stay."""
+        if half_life_s <= 0:
+            raise ValueError("half_life_s must be > 0")
+        self.half_life_s = half_life_s
+        self._rate = math.log(2.0) / half_life_s
+
     def grow(self, n_items: int) -> None:
         """Make room for ``n_items`` (a catalog that grows while the stream runs)."""
         if n_items > self._counts.shape[0]:

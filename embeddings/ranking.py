@@ -22,6 +22,7 @@ loaded machine a 1,682 x 384 product with 2 threads measured 12 ms instead of 0.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +32,19 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
+from embeddings.collaborative import (
+    COOCCURRENCE,
+    DEFAULT_MAX_ITEMS,
+    TRANSITIONS,
+    CollabConfig,
+    Collaborative,
+)
 from embeddings.popularity import DecayedPopularity
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState
 from embeddings.vectors import Vector
 
+log = logging.getLogger(__name__)
 GLOBAL = "global"
 #: Weight of the similarity term against log popularity. The harness's valid-tuned blends
 #: put similarity at 1-8x popularity depending on the user's tenure; 4 is their middle.
@@ -65,6 +74,8 @@ class Ranked:
     score: float
     popularity_lift: float
     similarity_lift: float
+    transition_lift: float = 0.0
+    cooccurrence_lift: float = 0.0
 
 
 class ItemIndex:
@@ -82,6 +93,17 @@ class ItemIndex:
         self._mat = np.zeros((0, dim), dtype=np.float32)
         self._pop = DecayedPopularity(0, half_life_s)
         self._scene_rows: dict[str, npt.NDArray[np.bool_]] = {}
+        #: Item-item counts learned from clicks (None: off, or the catalog outgrew them).
+        self.collab: Collaborative | None = None
+        self._collab_max_items = 0
+
+    def enable_collaborative(
+        self, config: CollabConfig, max_items: int = DEFAULT_MAX_ITEMS
+    ) -> None:
+        """Learn transitions and co-occurrence from :meth:`record_click`, up to ``max_items``."""
+        self._collab_max_items = max_items
+        self.collab = Collaborative(0, config)
+        self._grow_collab(self._mat.shape[0])
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -109,6 +131,7 @@ class ItemIndex:
             self._scenes.append(tuple(scenes))
             self._facts.append(frozenset())
             self._grow(row + 1)
+            self._grow_collab(self._mat.shape[0])
             self._pop.set(row, popularity)
         else:
             self._titles[row] = title
@@ -137,6 +160,21 @@ class ItemIndex:
             grown[: mask.shape[0]] = mask
             self._scene_rows[scene] = grown
 
+    def _grow_collab(self, cap: int) -> None:
+        if self.collab is None:
+            return
+        if len(self._ids) > self._collab_max_items:
+            log.warning(
+                "catalog of %d items is larger than the collaborative counts' limit of %d"
+                " (SCENEREC_COLLAB_MAX_ITEMS): ranking goes on without transitions,"
+                " co-occurrence and freshness",
+                len(self._ids),
+                self._collab_max_items,
+            )
+            self.collab = None
+            return
+        self.collab.grow(min(cap, self._collab_max_items))
+
     def _scene_mask(self, scene: str) -> npt.NDArray[np.bool_]:
         mask = self._scene_rows.get(scene)
         if mask is None:
@@ -151,6 +189,9 @@ class ItemIndex:
     def vectors_of(self, item_ids: Sequence[str]) -> npt.NDArray[np.float32]:
         """Vectors of known ``item_ids``, one row each, in order."""
         return self._mat[[self._row[i] for i in item_ids]]
+
+    def item_at(self, row: int) -> str:
+        return self._ids[row]
 
     def title(self, item_id: str) -> str:
         return self._titles[self._row[item_id]]
@@ -178,6 +219,27 @@ class ItemIndex:
         if row is not None:
             now = self._pop.now
             self._pop.add(row, ts if ts is not None else (now if now is not None else 0.0))
+
+    def record_click(self, item_id: str, ts: float | None, state: UserState) -> None:
+        """A click by the user of ``state``, *before* the state takes it in: popularity,
+        and the transitions and co-occurrence it adds to what the user had."""
+        self.count_click(item_id, ts)
+        row = self._row.get(item_id)
+        if self.collab is None or row is None:
+            return
+        if ts is None:
+            ts = self._pop.now if self._pop.now is not None else 0.0
+        history = self.rows(state.recent).tolist()
+        seen = None if item_id in state.seen else self.rows(state.seen).tolist()
+        self.collab.observe(history, seen, row, ts)
+
+    def set_half_life(self, half_life_s: float) -> None:
+        """Popularity's half-life from now on (the counts so far stay as they are)."""
+        self._pop.set_half_life(half_life_s)
+
+    def log_popularity(self) -> npt.NDArray[np.float64]:
+        """``log`` decayed click counts of the live rows (see ``DecayedPopularity``)."""
+        return self._pop.log_scores()[: len(self._ids)]
 
     def rows(self, item_ids: Iterable[str]) -> npt.NDArray[np.intp]:
         """Rows of the known ``item_ids`` (unknown ids are skipped)."""
@@ -251,18 +313,10 @@ class ItemIndex:
         exclude_rows: npt.NDArray[np.intp] | None,
         sim_weight: float,
     ) -> list[Ranked]:
-        n = pop.shape[0]
         scores = pop + sim_weight * sim
-        if scene is not None:
-            valid = self._scene_mask(scene)[:n].copy()
-        else:
-            valid = np.ones(n, dtype=np.bool_)
-        if exclude_rows is not None and exclude_rows.size:
-            valid[exclude_rows] = False
-        cand = np.flatnonzero(valid)
+        cand, top = self.select(scores, k, scene, exclude_rows)
         if cand.size == 0:
             return []
-        top = cand[_stable_top_k(-scores[cand], k)]
         pop_mid, sim_mid = _median(pop[cand]), _median(sim[cand])
         return [
             Ranked(
@@ -273,6 +327,33 @@ class ItemIndex:
             )
             for r in top
         ]
+
+    def select(
+        self,
+        scores: npt.NDArray[np.float64],
+        k: int,
+        scene: str | None,
+        exclude_rows: npt.NDArray[np.intp] | None,
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """The candidate rows (in ``scene``, not excluded) and the best ``k`` of them.
+
+        Ties break by row order (a stable sort), so the same state ranks the same way.
+        """
+        n = scores.shape[0]
+        if scene is not None:
+            valid = self._scene_mask(scene)[:n].copy()
+        else:
+            valid = np.ones(n, dtype=np.bool_)
+        if exclude_rows is not None and exclude_rows.size:
+            valid[exclude_rows] = False
+        cand = np.flatnonzero(valid)
+        if cand.size == 0:
+            return cand, cand
+        return cand, cand[_stable_top_k(-scores[cand], k)]
+
+    def similarities(self, queries: Sequence[Vector]) -> npt.NDArray[np.float32]:
+        """``item vectors @ q`` for each query, one row each (see :meth:`_similarities`)."""
+        return self._similarities(queries, len(self._ids))
 
 
 class SceneModel(Protocol):
@@ -298,7 +379,7 @@ class GatedScenes:
         return state.global_vec if scene is None else state.scene_vector(scene)
 
 
-def _scene_model(scenes: SceneGates | SceneModel) -> SceneModel:
+def scene_model(scenes: SceneGates | SceneModel) -> SceneModel:
     return GatedScenes(scenes) if isinstance(scenes, SceneGates) else scenes
 
 
@@ -365,8 +446,12 @@ def recommend_many(
     scenes: SceneGates | SceneModel,
     k: int,
 ) -> list[dict[str, list[Scored]]]:
-    """:func:`recommend` for each of ``states``: every (user, scene) query in one product."""
-    model = _scene_model(scenes)
+    """:func:`recommend` for each of ``states``: every (user, scene) query in one product.
+
+    Scores are ``log pop_now + SIM_WEIGHT * (u ⊙ s) · i``; the worker ranks with the
+    tenure blend of ``embeddings.blended`` instead, which reuses this module's parts.
+    """
+    model = scene_model(scenes)
     plans: list[tuple[UserState, History | None, list[tuple[str, Vector | None]]]] = []
     queries: list[RankQuery] = []
     for state in states:
@@ -421,7 +506,24 @@ def explain(
     """
     where = "across scenes" if scene == GLOBAL else f"in {scene}"
     item_id = ranked.item_id
-    if user_vec is None or ranked.popularity_lift > ranked.similarity_lift:
+    # The term that lifted the item most; on a tie the earlier one in this list.
+    terms = [] if user_vec is None else [("similarity", ranked.similarity_lift)]
+    terms.append(("popularity", ranked.popularity_lift))
+    terms += [
+        (name, lift)
+        for name, lift in (
+            ("transitions", ranked.transition_lift),
+            ("cooccurrence", ranked.cooccurrence_lift),
+        )
+        if lift > 0
+    ]
+    term = max(terms, key=lambda t: t[1])[0]
+    if term in ("transitions", "cooccurrence"):
+        reason = _collaborative_reason(state, index, item_id, term, where)
+        if reason is not None:
+            return reason
+        term = "popularity"
+    if term == "popularity":
         return f"popular now {where} ({index.popularity(item_id):.1f} recent clicks)"
     cand = index.vector(item_id)
     if cand is None:
@@ -445,6 +547,28 @@ def explain(
     if kind == "user":
         return f"{where}: close to the taste of {name}, whom you follow"
     return f"{where}: matches your profile"
+
+
+def _collaborative_reason(
+    state: UserState, index: ItemIndex, item_id: str, term: str, where: str
+) -> str | None:
+    """Name the earlier item of the user's that sent the most transition (or co-occurrence)
+    mass to ``item_id``: the click the recommendation follows from."""
+    collab = index.collab
+    target = index.rows([item_id])
+    if collab is None or not target.size:
+        return None
+    if term == "transitions":
+        src = collab.strongest_source(TRANSITIONS, index.rows(state.recent).tolist(), target[0])
+        if src is not None:
+            title = index.title(index.item_at(src))
+            return f"{where}: people who engaged with '{title}', as you did, went on to this"
+        return None
+    src = collab.strongest_source(COOCCURRENCE, index.rows(state.seen).tolist(), target[0])
+    if src is not None:
+        title = index.title(index.item_at(src))
+        return f"{where}: the same people engaged with this and with '{title}', which you had"
+    return None
 
 
 #: Highest similarity wins in :func:`explain`; on a tie, an item before the profile before

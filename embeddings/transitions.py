@@ -44,6 +44,16 @@ class TransitionCounts:
     def start_row(self) -> int:
         return self.n_items
 
+    def grow(self, n_items: int) -> None:
+        """Make room for ``n_items`` (a catalog that grows while the stream runs)."""
+        if n_items <= self.n_items:
+            return
+        old, n = self._counts, self.n_items
+        self._counts = np.zeros((n_items + 1, n_items), dtype=np.float32)
+        self._counts[:n, :n] = old[:n]
+        self._counts[n_items, :n] = old[n]  # the start row stays last
+        self.n_items = n_items
+
     def add(self, history: Sequence[int], row: int, timestamp: float) -> None:
         """Count ``row`` as following ``history`` (the user's earlier items, oldest first)."""
         if not history:
@@ -77,4 +87,9 @@ class TransitionCounts:
         rows = list(history[-recent:])
         weights = recency_decay ** np.arange(len(rows) - 1, -1, -1, dtype=np.float64)
         out: FloatArray = weights @ self._counts[rows].astype(np.float64)
+        return out
+
+    def row_mass(self, rows: Sequence[int], target: int) -> FloatArray:
+        """``T[h, target]`` for each of ``rows``: what each item alone sent to ``target``."""
+        out: FloatArray = self._counts[list(rows), target].astype(np.float64)
         return out

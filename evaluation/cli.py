@@ -173,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # What the worker loads to rank with learned gates and co-learned scene vectors.
         out.colearner.save(args.out.with_name("colearn.json"))
         print(f"wrote {args.out.with_name('colearn.json')} (co-learning gates, chosen on valid)")
+    if out.feed_blend is not None:
+        # The ranking the worker loads with SCENEREC_MODEL_PATH.
+        out.feed_blend.save(args.out.with_name("model.json"))
+        print(f"wrote {args.out.with_name('model.json')} (the worker's ranking, tuned on valid)")
     write_json(args.out.with_suffix(".meta.json"), out.meta)
     if args.dump_recs is not None:
         args.dump_recs.parent.mkdir(parents=True, exist_ok=True)

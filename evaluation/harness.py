@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.colearn import GLOBAL, CoLearner
+from embeddings.collaborative import FeedBlend
 from evaluation import lastfm
 from evaluation.baselines import (
     BPRMF,
@@ -107,6 +108,8 @@ class HarnessOutput:
     diversity: dict[str, SystemResult] = field(default_factory=dict)
     #: The co-learning state chosen on valid (Protocol B), for the worker to load.
     colearner: CoLearner | None = None
+    #: The ranking the worker loads (``results/model.json``, SCENEREC_MODEL_PATH).
+    feed_blend: FeedBlend | None = None
     #: Data set -> the social experiment's JSON (``evaluation.lastfm.run``).
     social: dict[str, Any] = field(default_factory=dict)
 
@@ -242,6 +245,7 @@ def run(opts: Options) -> HarnessOutput:
             sc,
             lambda c: _mmr(make_scenerec(c), vecs, opts.mmr_lambda),
         )
+        out.feed_blend = worker_blend(contenders["scenerec-frozen"].model, sc)
         records: dict[str, list[EventRecord]] = timer.run(
             "protocol B",
             lambda: run_prequential(
@@ -367,6 +371,19 @@ def _fit(
         model.fit(train)
         out[name] = model
     return out
+
+
+def worker_blend(model: Recommender, sc: SceneRecTuning) -> FeedBlend | None:
+    """The streaming worker's ranking: SceneRec as tuned for Protocol B and fitted on train
+    (its learned gate included), with Protocol A's weights for users with no event yet.
+
+    Protocol A is where new users are (97 of its 166): its valid choice weighs the profile's
+    similarity for them, so the worker serves a new user from the profile text.
+    """
+    model = model.model if isinstance(model, Diversified) else model
+    if not isinstance(model, SceneRec):
+        return None
+    return model.feed_blend().with_new_user_weights(sc.frozen.blend.weights[0])
 
 
 def _online_contenders(

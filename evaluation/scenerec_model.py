@@ -33,12 +33,11 @@ import numpy.typing as npt
 
 from embeddings.blend import TenureBlend
 from embeddings.colearn import GateFitConfig, GateSamples, fit_gates
-from embeddings.cooccurrence import CoOccurrence
+from embeddings.collaborative import COMPONENTS, CollabConfig, Collaborative, FeedBlend
 from embeddings.diversity import mmr
 from embeddings.popularity import DecayedPopularity
 from embeddings.ranking import GLOBAL, ItemIndex
 from embeddings.scenes import SceneGates
-from embeddings.transitions import TransitionCounts
 from embeddings.user_model import UserState
 from evaluation.baselines import DAY_S, Recommender
 from evaluation.data import Catalog, Event
@@ -46,7 +45,7 @@ from evaluation.data import Catalog, Event
 FloatArray = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float32]
 
-COMPONENTS = ("popularity", "transitions", "similarity", "cooccurrence", "gated_similarity")
+__all__ = ["COMPONENTS", "Diversified", "SceneRec", "SceneRecConfig"]
 #: Called with (event, the user's state before the event, item row) for every event the
 #: model ingests, before it is applied: how per-scene models collect their training data.
 Observer = Callable[[Event, UserState, int], None]
@@ -86,6 +85,16 @@ class SceneRecConfig:
     def with_blend(self, blend: TenureBlend) -> SceneRecConfig:
         return replace(self, blend=blend)
 
+    def collab(self) -> CollabConfig:
+        return CollabConfig(
+            window=self.window,
+            step_decay=self.step_decay,
+            start_half_life_s=self.start_half_life_days * DAY_S,
+            recent=self.recent,
+            recency_decay=self.recency_decay,
+            age_weight=self.age_weight,
+        )
+
 
 class SceneRec(Recommender):
     name = "scenerec"
@@ -112,15 +121,9 @@ class SceneRec(Recommender):
         self._profiles = profiles if self.config.use_profiles else {}
         n = len(catalog)
         self.popularity = DecayedPopularity(n, self.config.half_life_days * DAY_S)
-        self.transitions = TransitionCounts(
-            n,
-            window=self.config.window,
-            step_decay=self.config.step_decay,
-            start_half_life_s=self.config.start_half_life_days * DAY_S,
-        )
-        self.cooccurrence = CoOccurrence(n)
-        self._first_click = np.full(n, np.nan)
-        self._now = -np.inf
+        # Transitions, co-occurrence and freshness: the worker's own code (the same class
+        # ranks its feeds), so what is measured here is what it serves.
+        self.collab = Collaborative(n, self.config.collab())
         self._states: dict[str, UserState] = {}
         self.observers: list[Observer] = []
         self._gate_learned = False
@@ -185,13 +188,10 @@ class SceneRec(Recommender):
         for observe in self.observers:
             observe(event, state, row)
         history = [self.catalog.row(i) for i in state.recent]
-        self.transitions.add(history, row, event.timestamp)
-        if event.item not in state.seen:  # co-occurrence is over distinct items
-            self.cooccurrence.add([self.catalog.row(i) for i in state.seen], row)
+        # Co-occurrence is over distinct items: a repeat click adds no pairs.
+        seen = None if event.item in state.seen else [self.catalog.row(i) for i in state.seen]
+        self.collab.observe(history, seen, row, event.timestamp)
         self.popularity.add(row, event.timestamp)
-        if np.isnan(self._first_click[row]):
-            self._first_click[row] = event.timestamp
-        self._now = max(self._now, event.timestamp)
         self.index.count_click(event.item, event.timestamp)
         # Event weights (lastfm listening counts) are not click strengths: every click counts 1.
         state.apply_item(event.item, self._mat[row], event.scene)
@@ -199,9 +199,7 @@ class SceneRec(Recommender):
     def components(self, user: str) -> FloatArray:
         """``(len(COMPONENTS), n_items)`` features of every item for ``user``."""
         state = self.known_state(user)
-        cfg = self.config
         history = [self.catalog.row(i) for i in state.recent]
-        trans = self.transitions.scores(history, cfg.recent, cfg.recency_decay)
         n = len(self.catalog)
         sim = gated = np.zeros(n, dtype=np.float64)
         if state.global_vec is not None:
@@ -209,16 +207,25 @@ class SceneRec(Recommender):
             if self._gate_learned:
                 query = self.gates.apply(GLOBAL, state.global_vec)
                 gated = (self._mat @ query).astype(np.float64)
-        cooc = self.cooccurrence.scores([self.catalog.row(i) for i in state.seen])
-        return np.stack([self._popularity(), np.log1p(trans), sim, np.log1p(cooc), gated])
+        seen = [self.catalog.row(i) for i in state.seen]
+        return np.stack(
+            [
+                self.collab.fresh_popularity(self.popularity.log_scores()),
+                self.collab.transition_feature(history),
+                sim,
+                self.collab.cooccurrence_feature(seen),
+                gated,
+            ]
+        )
 
-    def _popularity(self) -> FloatArray:
-        pop = self.popularity.log_scores()
-        if self.config.age_weight == 0.0:
-            return pop
-        age_days = np.nan_to_num((self._now - self._first_click) / DAY_S, nan=0.0)
-        out: FloatArray = pop - self.config.age_weight * np.log1p(np.maximum(age_days, 0.0))
-        return out
+    def feed_blend(self) -> FeedBlend:
+        """This model as the worker's ranking (``results/model.json``, SCENEREC_MODEL_PATH)."""
+        return FeedBlend(
+            self.config.blend,
+            self.config.collab(),
+            self.config.half_life_days * DAY_S,
+            self.gates.gate(GLOBAL) if self._gate_learned else None,
+        )
 
     @property
     def item_matrix(self) -> npt.NDArray[np.float32]:

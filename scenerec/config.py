@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     model_version: str = "scenerec-0.1-mean"
     #: Learned scene gates for r = (u ⊙ s) · i (``make eval`` writes results/colearn.json).
     colearn_path: Path | None = None
+    #: The ranking blend tuned on valid (``make eval`` writes results/model.json); unset:
+    #: the built-in one (``embeddings.collaborative.DEFAULT_FEED_BLEND``).
+    model_path: Path | None = None
+    #: Largest catalog whose item-item counts (transitions, co-occurrence) are kept; two
+    #: dense float32 matrices, 200 MB at 5,000 items. 0 turns them off.
+    collab_max_items: int = Field(default=5000, ge=0)
 
     @field_validator("scenes", mode="before")
     @classmethod

@@ -27,18 +27,12 @@ from typing import Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
+from embeddings.blended import recommend_blended
 from embeddings.colearn import CoLearner
+from embeddings.collaborative import DEFAULT_FEED_BLEND, DEFAULT_MAX_ITEMS, FeedBlend
 from embeddings.fusion import fuse_item, item_text
 from embeddings.kg import HashedEntityEmbedding
-from embeddings.ranking import (
-    GatedScenes,
-    ItemIndex,
-    SceneModel,
-    Scored,
-    recommend,
-    recommend_many,
-    to_payload,
-)
+from embeddings.ranking import GatedScenes, ItemIndex, SceneModel, Scored, to_payload
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState, click_weight
 from embeddings.vectors import Matrix
@@ -105,6 +99,11 @@ class PipelineConfig:
     #: gates, and sparse scenes borrowing from related ones. None = all-ones gates, and a
     #: sparse scene borrows from the user's global vector only.
     colearn_path: str | None = None
+    #: The ranking blend (``FeedBlend`` JSON, ``make eval`` writes results/model.json);
+    #: None = ``DEFAULT_FEED_BLEND``.
+    model_path: str | None = None
+    #: Transitions and co-occurrence are kept up to this many catalog items (0: off).
+    collab_max_items: int = DEFAULT_MAX_ITEMS
 
 
 @dataclass
@@ -137,6 +136,28 @@ class Pipeline:
                 "learned" if learner.relations is not None else "none",
                 learner.config,
             )
+        self.blend = DEFAULT_FEED_BLEND
+        if self.config.model_path:
+            self.blend = FeedBlend.load(Path(self.config.model_path))
+            gate = self.blend.global_gate
+            if gate is not None and gate.shape != (self.index.dim,):
+                raise ValueError(
+                    f"{self.config.model_path}: a gate of shape {gate.shape},"
+                    f" items of dimension {self.index.dim}"
+                )
+        self.index.set_half_life(self.blend.half_life_s)
+        if self.config.collab_max_items > 0:
+            self.index.enable_collaborative(self.blend.collab, self.config.collab_max_items)
+        log.info(
+            "ranking blend from %s: weights %s by tenure %s, %s, learned global gate: %s,"
+            " item-item counts up to %d items",
+            self.config.model_path or "the built-in default",
+            self.blend.blend.weights,
+            self.blend.blend.edges,
+            self.blend.collab,
+            "yes" if self.blend.global_gate is not None else "no",
+            self.config.collab_max_items,
+        )
         self.kg = HashedEntityEmbedding(self.index.dim)
         self._scenes = frozenset(self.config.scenes)
         self._catalog_busy_until = 0.0
@@ -274,8 +295,12 @@ class Pipeline:
             with self._timed_store("upsert_users"):
                 self.store.upsert_users(points)
         # Every changed user's lists in one scoring pass (one matrix product per batch).
-        all_recs = recommend_many(
-            [c.state for c in changed.values()], self.index, self.scene_model, self.config.top_k
+        all_recs = recommend_blended(
+            [c.state for c in changed.values()],
+            self.index,
+            self.scene_model,
+            self.config.top_k,
+            self.blend,
         )
         for (user_id, c), recs in zip(changed.items(), all_recs, strict=True):
             await self.emitter.recommendations(user_id, self._payload(user_id, c.trigger, recs))
@@ -306,7 +331,9 @@ class Pipeline:
         if raw is None:
             return None
         state = state_codec.loads(raw)
-        recs = recommend(state, self.index, self.scene_model, self.config.top_k)
+        recs = recommend_blended(
+            [state], self.index, self.scene_model, self.config.top_k, self.blend
+        )[0]
         return self._payload(user_id, state.last_event_id, recs)
 
     async def forget(self, user_ids: Sequence[str]) -> None:
@@ -330,8 +357,10 @@ class Pipeline:
             vec = self.index.vector(e.item_id)
             if vec is None:
                 raise BadEvent("unknown_item", f"item {e.item_id!r} is not in the catalog")
+            # Item statistics first: transitions and co-occurrence count this click with
+            # what the user had before it.
+            self.index.record_click(e.item_id, e.ts, state)
             state.apply_item(e.item_id, vec, e.scene, click_weight(e.dwell_ms))
-            self.index.count_click(e.item_id, e.ts)
 
         await self._apply_per_user("events.click", events, lambda e: e.user_id, apply)
 
@@ -345,8 +374,8 @@ class Pipeline:
             if vec is None:
                 raise BadEvent("unknown_item", f"item {e.item_id!r} is not in the catalog")
             assert texts is not None
+            self.index.record_click(e.item_id, e.ts, state)
             state.apply_comment(e.item_id, vec, texts[i], e.scene)
-            self.index.count_click(e.item_id, e.ts)
 
         await self._apply_per_user("events.comment", events, lambda e: e.user_id, apply)
 

@@ -70,6 +70,8 @@ def pipeline_config() -> PipelineConfig:
         model_version=settings.model_version,
         max_future_s=settings.max_future_s,
         colearn_path=str(settings.colearn_path) if settings.colearn_path else None,
+        model_path=str(settings.model_path) if settings.model_path else None,
+        collab_max_items=settings.collab_max_items,
     )
 
 
