@@ -559,7 +559,10 @@ def _collaborative_reason(
     if collab is None or not target.size:
         return None
     if term == "transitions":
-        src = collab.strongest_source(TRANSITIONS, index.rows(state.recent).tolist(), target[0])
+        recent = index.rows(state.recent).tolist()
+        if not recent:  # a user with no event yet is scored by the start row
+            return f"{where}: what new users have been starting with lately"
+        src = collab.strongest_source(TRANSITIONS, recent, target[0])
         if src is not None:
             title = index.title(index.item_at(src))
             return f"{where}: people who engaged with '{title}', as you did, went on to this"

@@ -241,10 +241,12 @@ async def in_process_driver(
     store_dir: Path | None = None,
     top_k: int = K,
     colearn_path: Path | None = None,
+    model_path: Path | None = None,
 ) -> AsyncIterator[InProcessDriver]:
     """A fresh pipeline: empty user state and index, a vector store in a temporary folder.
 
-    ``colearn_path``: the worker's ``SCENEREC_COLEARN_PATH`` (None: plain scene model).
+    ``colearn_path``: the worker's ``SCENEREC_COLEARN_PATH`` (None: plain scene model);
+    ``model_path``: its ``SCENEREC_MODEL_PATH`` (None: the built-in ranking blend).
     """
     enc = encoder if encoder is not None else await asyncio.to_thread(SentenceEncoder)
     with tempfile.TemporaryDirectory(prefix="scenerec-pipeline-model-") as tmp:
@@ -259,6 +261,7 @@ async def in_process_driver(
                     top_k=top_k,
                     unknown_item_wait_s=0,
                     colearn_path=str(colearn_path) if colearn_path else None,
+                    model_path=str(model_path) if model_path else None,
                 ),
                 store=store,
                 index=ItemIndex(enc.dim),
@@ -389,9 +392,12 @@ async def run_in_process(
     scenes: Sequence[str],
     encoder: SentenceEncoder | None = None,
     colearn_path: Path | None = None,
+    model_path: Path | None = None,
 ) -> ModeResult:
     t0 = time.perf_counter()
-    async with in_process_driver(scenes, encoder, colearn_path=colearn_path) as driver:
+    async with in_process_driver(
+        scenes, encoder, colearn_path=colearn_path, model_path=model_path
+    ) as driver:
         load_s = time.perf_counter() - t0
         result = await run_slice("in-process", driver, data)
     result.seconds["encoder_load"] = load_s

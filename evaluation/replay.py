@@ -319,10 +319,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[ModeResult] = []
     # In-process first: the stack is not up yet, so the two do not share the CPU.
     if args.mode in ("in-process", "both"):
-        # The same SCENEREC_COLEARN_PATH the replayed worker reads from the environment.
+        # The same SCENEREC_COLEARN_PATH and SCENEREC_MODEL_PATH the replayed worker reads
+        # from the environment.
         settings = Settings()
         results.append(
-            asyncio.run(run_in_process(data, settings.scenes, colearn_path=settings.colearn_path))
+            asyncio.run(
+                run_in_process(
+                    data,
+                    settings.scenes,
+                    colearn_path=settings.colearn_path,
+                    model_path=settings.model_path,
+                )
+            )
         )
     if args.mode in ("replay", "both"):
         t0 = time.perf_counter()

@@ -192,3 +192,35 @@ def test_grown_counts_keep_what_they_had(n: int) -> None:
     assert np.array_equal(small.transition_feature(hist), big.transition_feature(hist))
     assert np.array_equal(small.transition_feature([]), big.transition_feature([]))
     assert np.array_equal(small.cooccurrence_feature(hist), big.cooccurrence_feature(hist))
+
+
+def test_reasons_name_the_click_a_recommendation_follows_from() -> None:
+    from embeddings.blend import TenureBlend
+    from embeddings.blended import recommend_blended
+    from embeddings.ranking import GatedScenes
+    from embeddings.scenes import SceneGates
+    from embeddings.user_model import UserState
+
+    index = ItemIndex(4)
+    blend = FeedBlend(TenureBlend.uniform((1.0, 8.0, 0.0, 0.0, 0.0)))  # transitions lead
+    index.enable_collaborative(blend.collab)
+    for j, title in enumerate(["Alpha", "Beta", "Gamma", "Delta"]):
+        index.upsert(f"i{j}", np.eye(4, dtype=np.float32)[j], ["a"], title)
+    ts = T0
+    for _ in range(5):  # everyone starts with Alpha, then goes on to Gamma
+        state = UserState()
+        for item in ("i0", "i2"):
+            index.record_click(item, ts, state)
+            state.apply_item(item, index.vector(item), "a")  # type: ignore[arg-type]
+            ts += 60.0
+    fan = UserState()
+    index.record_click("i0", ts, fan)
+    fan.apply_item("i0", index.vector("i0"), "a")  # type: ignore[arg-type]
+    model = GatedScenes(SceneGates(4))
+    newcomer, known = recommend_blended([UserState(), fan], index, model, 2, blend)
+    assert newcomer["global"][0].item_id == "i0"
+    assert "what new users have been starting with" in newcomer["global"][0].reason
+    assert known["global"][0].item_id == "i2"  # Alpha itself is seen: left out
+    assert "people who engaged with 'Alpha', as you did, went on to this" in (
+        known["global"][0].reason
+    )
