@@ -81,11 +81,12 @@ def recommend_blended(
         w = blend.blend.weights_for(state.n_events)
         seen_rows = index.rows(state.seen)
         recent = [i for i in state.recent if i in index]
+        recent_rows = index.rows(recent).tolist()
         trans = cooc = zeros
         if collab is not None and w[TRANSITIONS]:
-            trans = collab.transition_feature(index.rows(recent).tolist())[:n]
+            trans = collab.transition_feature(recent_rows)[:n]
         if collab is not None and w[COOCCURRENCE]:
-            cooc = collab.cooccurrence_feature(seen_rows.tolist())[:n]
+            cooc = collab.cooccurrence_feature(seen_rows)[:n]
         feeds = []
         for scene in [None, *state.active_scenes]:
             user_vec = model.scene_vector(state, scene)
@@ -104,7 +105,9 @@ def recommend_blended(
                     query(gated_vec, bool(w[GATED])),
                 )
             )
-        history = History(recent, index.vectors_of(recent)) if recent else None
+        history = (
+            History(recent, index.vectors_of(recent), recent_rows, seen_rows) if recent else None
+        )
         plans.append((state, w, seen_rows, trans, cooc, history, feeds))
 
     sims = index.similarities(queries) if queries and n else None

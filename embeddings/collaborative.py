@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.blend import TenureBlend
-from embeddings.cooccurrence import CoOccurrence
+from embeddings.cooccurrence import CoOccurrence, Rows
 from embeddings.transitions import TransitionCounts
 from embeddings.vectors import Vector
 
@@ -74,6 +74,8 @@ class Collaborative:
         self.cooccurrence = CoOccurrence(n_items)
         self._first_click = np.full(n_items, np.nan)
         self._now = -math.inf
+        #: Weights of the recent items in transition scoring, oldest first.
+        self._decay = self.config.recency_decay ** np.arange(self.config.recent - 1, -1, -1.0)
 
     @property
     def n_items(self) -> int:
@@ -90,7 +92,7 @@ class Collaborative:
         self._first_click = first
 
     def observe(
-        self, history: Sequence[int], seen: Sequence[int] | None, row: int, timestamp: float
+        self, history: Sequence[int], seen: Rows | None, row: int, timestamp: float
     ) -> None:
         """One click on ``row``, before the user's state takes it in.
 
@@ -120,27 +122,25 @@ class Collaborative:
         out: FloatArray = np.log1p(self.transitions.scores(history, cfg.recent, cfg.recency_decay))
         return out
 
-    def cooccurrence_feature(self, seen: Sequence[int]) -> FloatArray:
+    def cooccurrence_feature(self, seen: Rows) -> FloatArray:
         """``log(1 + co-occurrence cosine mass)`` from every item the user had."""
         out: FloatArray = np.log1p(self.cooccurrence.scores(seen))
         return out
 
-    def strongest_source(self, kind: int, rows: Sequence[int], target: int) -> int | None:
+    def strongest_source(self, kind: int, rows: Rows, target: int) -> int | None:
         """Which of ``rows`` put the most transition (or co-occurrence) mass on ``target``.
 
         For a recommendation's reason: the earlier item that contributed most to this term.
         """
-        if not rows:
+        if not len(rows):
             return None
         if kind == TRANSITIONS:
-            recent = list(rows[-self.config.recent :])
-            decay = self.config.recency_decay ** np.arange(len(recent) - 1, -1, -1)
-            mass = decay * self.transitions.row_mass(recent, target)
-            best = int(np.argmax(mass))
-            return recent[best] if mass[best] > 0 else None
-        mass = self.cooccurrence.row_mass(list(rows), target)
+            recent = rows[-self.config.recent :]
+            mass = self._decay[-len(recent) :] * self.transitions.row_mass(recent, target)
+        else:
+            mass = self.cooccurrence.row_mass(rows, target)
         best = int(np.argmax(mass))
-        return list(rows)[best] if mass[best] > 0 else None
+        return int(rows[-len(mass) + best]) if mass[best] > 0 else None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+#: Item rows: a list, or an array of them (what ``ItemIndex.rows`` gives).
+Rows = Sequence[int] | npt.NDArray[np.intp]
 #: Up to this many history items, their rows are gathered; beyond, one dense product.
 _SUBSET_ROWS = 256
 
@@ -42,19 +44,19 @@ class CoOccurrence:
         counts[:n] = self._counts
         self._co, self._counts = co, counts
 
-    def add(self, history: Sequence[int], row: int) -> None:
+    def add(self, history: Rows, row: int) -> None:
         """Count ``row`` with the user's earlier distinct items ``history``."""
-        if history:
-            rows = list(history)
+        if len(history):
+            rows = np.asarray(history, dtype=np.intp)  # converted once, indexed twice
             self._co[row, rows] += 1.0
             self._co[rows, row] += 1.0
         self._counts[row] += 1.0
 
-    def scores(self, history: Sequence[int]) -> FloatArray:
+    def scores(self, history: Rows) -> FloatArray:
         n = len(self._counts)
-        if not history:
+        if not len(history):
             return np.zeros(n, dtype=np.float64)
-        rows = list(history)
+        rows = np.asarray(history, dtype=np.intp)
         norm = np.sqrt(np.maximum(self._counts, 1.0))
         if len(rows) <= _SUBSET_ROWS:
             weights = 1.0 / norm[rows]
@@ -69,8 +71,8 @@ class CoOccurrence:
         out: FloatArray = sims / np.sqrt(len(rows))
         return out
 
-    def row_mass(self, rows: Sequence[int], target: int) -> FloatArray:
-        """Each of ``rows``' term in ``target``'s score (up to the shared normalization)."""
-        rows = list(rows)
+    def row_mass(self, history: Rows, target: int) -> FloatArray:
+        """Each of ``history``'s term in ``target``'s score (up to the shared normalization)."""
+        rows = np.asarray(history, dtype=np.intp)
         out: FloatArray = self._co[rows, target] / np.sqrt(np.maximum(self._counts[rows], 1.0))
         return out

@@ -89,7 +89,7 @@ class TransitionCounts:
         out: FloatArray = weights @ self._counts[rows].astype(np.float64)
         return out
 
-    def row_mass(self, rows: Sequence[int], target: int) -> FloatArray:
+    def row_mass(self, rows: Sequence[int] | npt.NDArray[np.intp], target: int) -> FloatArray:
         """``T[h, target]`` for each of ``rows``: what each item alone sent to ``target``."""
-        out: FloatArray = self._counts[list(rows), target].astype(np.float64)
+        out: FloatArray = self._counts[np.asarray(rows, dtype=np.intp), target].astype(np.float64)
         return out
