@@ -114,14 +114,25 @@ def recommend_blended(
     out: list[dict[str, list[Scored]]] = []
     for state, w, seen_rows, trans, cooc, history, feeds in plans:
         recs: dict[str, list[Scored]] = {}
+        base: FloatArray | None = None  # the terms every feed of this user shares
         for feed in feeds:
             sim = zeros if feed.sim is None or sims is None else sims[feed.sim].astype(np.float64)
             gated = (
                 zeros if feed.gated is None or sims is None else sims[feed.gated].astype(np.float64)
             )
-            comps = np.stack([pop, trans, sim, cooc, gated])
-            scores: FloatArray = w @ comps
+            comps = (pop, trans, sim, cooc, gated)
+            if feed.scene is None:
+                # Exactly the harness's arithmetic (``TenureBlend.score``): the same bits.
+                scores: FloatArray = w @ np.stack(comps)
+            else:
+                if base is None:
+                    base = w[POPULARITY] * pop + w[TRANSITIONS] * trans + w[COOCCURRENCE] * cooc
+                scores = base + w[SIMILARITY] * sim + w[GATED] * gated
             cand, top = index.select(scores, k, feed.scene, seen_rows)
+            if history is not None and collab is not None:
+                for term in (TRANSITIONS, COOCCURRENCE):
+                    if w[term]:
+                        history.prefetch(collab, term, top.tolist())
             recs[feed.name] = []
             for r in _lifts(index, comps, w, scores, cand, top):
                 reason = explain(state, index, r, feed.name, feed.user_vec, history)
@@ -132,7 +143,7 @@ def recommend_blended(
 
 def _lifts(
     index: ItemIndex,
-    comps: FloatArray,
+    comps: Sequence[FloatArray],
     w: FloatArray,
     scores: FloatArray,
     cand: npt.NDArray[np.intp],
@@ -144,10 +155,10 @@ def _lifts(
     """
     if cand.size == 0:
         return []
-    lift = np.zeros((comps.shape[0], top.size), dtype=np.float64)
-    for c in range(comps.shape[0]):
+    lift = np.zeros((len(comps), top.size), dtype=np.float64)
+    for c, comp in enumerate(comps):
         if w[c]:
-            lift[c] = w[c] * (comps[c, top] - _median(comps[c, cand]))
+            lift[c] = w[c] * (comp[top] - _median(comp[cand]))
     return [
         Ranked(
             index.item_at(int(r)),

@@ -127,20 +127,22 @@ class Collaborative:
         out: FloatArray = np.log1p(self.cooccurrence.scores(seen))
         return out
 
-    def strongest_source(self, kind: int, rows: Rows, target: int) -> int | None:
-        """Which of ``rows`` put the most transition (or co-occurrence) mass on ``target``.
+    def strongest_sources(self, kind: int, rows: Rows, targets: Sequence[int]) -> list[int | None]:
+        """For each of ``targets``, which of ``rows`` put the most transition (or, for
+        ``COOCCURRENCE``, co-occurrence) mass on it; None where none did.
 
-        For a recommendation's reason: the earlier item that contributed most to this term.
+        For a recommendation's reason: the earlier item that contributed most to the term.
         """
-        if not len(rows):
-            return None
+        if not len(rows) or not len(targets):
+            return [None] * len(targets)
         if kind == TRANSITIONS:
-            recent = rows[-self.config.recent :]
-            mass = self._decay[-len(recent) :] * self.transitions.row_mass(recent, target)
+            rows = rows[-self.config.recent :]
+            mass = self._decay[-len(rows) :, None] * self.transitions.row_mass(rows, targets)
         else:
-            mass = self.cooccurrence.row_mass(rows, target)
-        best = int(np.argmax(mass))
-        return int(rows[-len(mass) + best]) if mass[best] > 0 else None
+            mass = self.cooccurrence.row_mass(rows, targets)
+        best = np.argmax(mass, axis=0)  # (len(targets),): the first of equal maxima
+        found = mass[best, np.arange(len(targets))] > 0
+        return [int(rows[b]) if ok else None for b, ok in zip(best, found, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,10 @@ class CoOccurrence:
         out: FloatArray = sims / np.sqrt(len(rows))
         return out
 
-    def row_mass(self, history: Rows, target: int) -> FloatArray:
-        """Each of ``history``'s term in ``target``'s score (up to the shared normalization)."""
+    def row_mass(self, history: Rows, targets: Sequence[int]) -> FloatArray:
+        """Each of ``history``'s term (axis 0) in each target's score (axis 1), up to the
+        normalization they share."""
         rows = np.asarray(history, dtype=np.intp)
-        out: FloatArray = self._co[rows, target] / np.sqrt(np.maximum(self._counts[rows], 1.0))
+        mass = self._co[np.ix_(rows, np.asarray(targets, dtype=np.intp))]
+        out: FloatArray = mass / np.sqrt(np.maximum(self._counts[rows], 1.0))[:, None]
         return out

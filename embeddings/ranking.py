@@ -500,11 +500,16 @@ class History:
     sources: dict[tuple[int, int], int | None] = field(default_factory=dict)
 
     def source(self, collab: Collaborative, term: int, target: int) -> int | None:
-        key = (term, target)
-        if key not in self.sources:
-            rows = self.rows if term == TRANSITIONS else self.seen_rows
-            self.sources[key] = collab.strongest_source(term, rows, target)
-        return self.sources[key]
+        if (term, target) not in self.sources:
+            self.prefetch(collab, term, [target])
+        return self.sources[term, target]
+
+    def prefetch(self, collab: Collaborative, term: int, targets: Sequence[int]) -> None:
+        """Find the sources of many targets at once (one array operation for a whole list)."""
+        todo = [t for t in targets if (term, t) not in self.sources]
+        rows = self.rows if term == TRANSITIONS else self.seen_rows
+        for t, src in zip(todo, collab.strongest_sources(term, rows, todo), strict=True):
+            self.sources[term, t] = src
 
 
 def explain(

@@ -89,7 +89,11 @@ class TransitionCounts:
         out: FloatArray = weights @ self._counts[rows].astype(np.float64)
         return out
 
-    def row_mass(self, rows: Sequence[int] | npt.NDArray[np.intp], target: int) -> FloatArray:
-        """``T[h, target]`` for each of ``rows``: what each item alone sent to ``target``."""
-        out: FloatArray = self._counts[np.asarray(rows, dtype=np.intp), target].astype(np.float64)
+    def row_mass(
+        self, rows: Sequence[int] | npt.NDArray[np.intp], targets: Sequence[int]
+    ) -> FloatArray:
+        """``T[h, t]`` for each of ``rows`` (axis 0) and ``targets`` (axis 1): what each item
+        alone sent to each target."""
+        at = np.ix_(np.asarray(rows, dtype=np.intp), np.asarray(targets, dtype=np.intp))
+        out: FloatArray = self._counts[at].astype(np.float64)
         return out
