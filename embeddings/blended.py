@@ -38,6 +38,7 @@ from embeddings.ranking import (
     Scored,
     _median,
     explain,
+    leading_terms,
 )
 from embeddings.user_model import UserState
 from embeddings.vectors import Vector
@@ -115,6 +116,7 @@ def recommend_blended(
     for state, w, seen_rows, trans, cooc, history, feeds in plans:
         recs: dict[str, list[Scored]] = {}
         base: FloatArray | None = None  # the terms every feed of this user shares
+        lists: list[tuple[_Feed, list[Ranked]]] = []
         for feed in feeds:
             sim = zeros if feed.sim is None or sims is None else sims[feed.sim].astype(np.float64)
             gated = (
@@ -129,14 +131,24 @@ def recommend_blended(
                     base = w[POPULARITY] * pop + w[TRANSITIONS] * trans + w[COOCCURRENCE] * cooc
                 scores = base + w[SIMILARITY] * sim + w[GATED] * gated
             cand, top = index.select(scores, k, feed.scene, seen_rows)
-            if history is not None and collab is not None:
-                for term in (TRANSITIONS, COOCCURRENCE):
-                    if w[term]:
-                        history.prefetch(collab, term, top.tolist())
-            recs[feed.name] = []
-            for r in _lifts(index, comps, w, scores, cand, top):
-                reason = explain(state, index, r, feed.name, feed.user_vec, history)
-                recs[feed.name].append(Scored(r.item_id, r.score, reason))
+            lists.append(
+                (feed, _lifts(index, comps, w, scores, cand, top, feed.user_vec is not None))
+            )
+        if history is not None and collab is not None:
+            # The reasons that name a source item: all of the user's, in one operation.
+            for term, name in ((TRANSITIONS, "transitions"), (COOCCURRENCE, "cooccurrence")):
+                rows = {
+                    index.row_of(r.item_id) for _, ranked in lists for r in ranked if r.lead == name
+                }
+                if rows:
+                    history.prefetch(collab, term, sorted(r for r in rows if r is not None))
+        for feed, ranked in lists:
+            recs[feed.name] = [
+                Scored(
+                    r.item_id, r.score, explain(state, index, r, feed.name, feed.user_vec, history)
+                )
+                for r in ranked
+            ]
         out.append(recs)
     return out
 
@@ -148,25 +160,24 @@ def _lifts(
     scores: FloatArray,
     cand: npt.NDArray[np.intp],
     top: npt.NDArray[np.intp],
+    has_vector: bool,
 ) -> list[Ranked]:
-    """Each top item with how far each weighted term lifted it above the candidates' median.
-
-    The two similarity terms count as one (both are the user's taste).
-    """
+    """Each top item with how far each weighted term lifted it above the candidates' median,
+    and which term lifted it most. The two similarity terms count as one (both are the
+    user's taste)."""
     if cand.size == 0:
         return []
     lift = np.zeros((len(comps), top.size), dtype=np.float64)
     for c, comp in enumerate(comps):
         if w[c]:
             lift[c] = w[c] * (comp[top] - _median(comp[cand]))
+    # In the order of ranking.TERMS: similarity, popularity, transitions, co-occurrence.
+    terms = np.stack(
+        [lift[SIMILARITY] + lift[GATED], lift[POPULARITY], lift[TRANSITIONS], lift[COOCCURRENCE]]
+    )
+    leads = leading_terms(terms, has_vector)
+    values = terms.T.tolist()
     return [
-        Ranked(
-            index.item_at(int(r)),
-            float(scores[r]),
-            float(lift[POPULARITY, j]),
-            float(lift[SIMILARITY, j] + lift[GATED, j]),
-            float(lift[TRANSITIONS, j]),
-            float(lift[COOCCURRENCE, j]),
-        )
-        for j, r in enumerate(top)
+        Ranked(index.item_at(int(r)), float(scores[r]), pop, sim, trans, co, lead)
+        for r, (sim, pop, trans, co), lead in zip(top, values, leads, strict=True)
     ]

@@ -76,6 +76,8 @@ class Ranked:
     similarity_lift: float
     transition_lift: float = 0.0
     cooccurrence_lift: float = 0.0
+    #: The term that lifted it most, when the ranking already knows (see ``leading_term``).
+    lead: str | None = None
 
 
 class ItemIndex:
@@ -531,18 +533,7 @@ def explain(
     """
     where = "across scenes" if scene == GLOBAL else f"in {scene}"
     item_id = ranked.item_id
-    # The term that lifted the item most; on a tie the earlier one in this list.
-    terms = [] if user_vec is None else [("similarity", ranked.similarity_lift)]
-    terms.append(("popularity", ranked.popularity_lift))
-    terms += [
-        (name, lift)
-        for name, lift in (
-            ("transitions", ranked.transition_lift),
-            ("cooccurrence", ranked.cooccurrence_lift),
-        )
-        if lift > 0
-    ]
-    term = max(terms, key=lambda t: t[1])[0]
+    term = ranked.lead or leading_term(ranked, user_vec is not None)
     if term in ("transitions", "cooccurrence"):
         reason = _collaborative_reason(index, item_id, term, where, history)
         if reason is not None:
@@ -572,6 +563,35 @@ def explain(
     if kind == "user":
         return f"{where}: close to the taste of {name}, whom you follow"
     return f"{where}: matches your profile"
+
+
+#: The terms :func:`leading_term` compares, in its tie order.
+TERMS = ("similarity", "popularity", "transitions", "cooccurrence")
+
+
+def leading_terms(lifts: npt.NDArray[np.float64], has_vector: bool) -> list[str]:
+    """:func:`leading_term` for many items at once: ``lifts`` is ``(len(TERMS), n_items)``."""
+    masked = lifts.copy()
+    if not has_vector:
+        masked[0] = -np.inf
+    masked[2:][masked[2:] <= 0] = -np.inf  # collaborative terms count only when they lift
+    return [TERMS[t] for t in np.argmax(masked, axis=0)]  # argmax: the first of equal maxima
+
+
+def leading_term(ranked: Ranked, has_vector: bool) -> str:
+    """The term that lifted the item most (what :func:`explain` names); on a tie the
+    earlier of similarity, popularity, transitions, co-occurrence."""
+    terms = [("similarity", ranked.similarity_lift)] if has_vector else []
+    terms.append(("popularity", ranked.popularity_lift))
+    terms += [
+        (name, lift)
+        for name, lift in (
+            ("transitions", ranked.transition_lift),
+            ("cooccurrence", ranked.cooccurrence_lift),
+        )
+        if lift > 0
+    ]
+    return max(terms, key=lambda t: t[1])[0]
 
 
 def _collaborative_reason(

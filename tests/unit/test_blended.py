@@ -224,3 +224,17 @@ def test_reasons_name_the_click_a_recommendation_follows_from() -> None:
     assert "people who engaged with 'Alpha', as you did, went on to this" in (
         known["global"][0].reason
     )
+
+
+@pytest.mark.parametrize("has_vector", [True, False])
+def test_leading_terms_at_once_match_one_at_a_time(has_vector: bool) -> None:
+    from embeddings.ranking import Ranked, leading_term, leading_terms
+
+    rng = np.random.default_rng(3)
+    # Rounded lifts: ties between terms, and zero or negative collaborative lifts, happen.
+    lifts = np.round(rng.normal(size=(4, 500)), 1)
+    at_once = leading_terms(lifts, has_vector)
+    for j, lead in enumerate(at_once):
+        sim, pop, trans, co = (float(x) for x in lifts[:, j])
+        one = leading_term(Ranked("i", 0.0, pop, sim, trans, co), has_vector)
+        assert lead == one, (j, lifts[:, j])
