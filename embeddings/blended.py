@@ -36,9 +36,9 @@ from embeddings.ranking import (
     Ranked,
     SceneModel,
     Scored,
-    _median,
     explain,
     leading_terms,
+    medians,
 )
 from embeddings.user_model import UserState
 from embeddings.vectors import Vector
@@ -132,7 +132,7 @@ def recommend_blended(
                 scores = base + w[SIMILARITY] * sim + w[GATED] * gated
             cand, top = index.select(scores, k, feed.scene, seen_rows)
             lists.append(
-                (feed, _lifts(index, comps, w, scores, cand, top, feed.user_vec is not None))
+                (feed, _lifts(index, comps, w, scores, cand, top, feed.user_vec is not None, zeros))
             )
         if history is not None and collab is not None:
             # The reasons that name a source item: all of the user's, in one operation.
@@ -161,6 +161,7 @@ def _lifts(
     cand: npt.NDArray[np.intp],
     top: npt.NDArray[np.intp],
     has_vector: bool,
+    zeros: FloatArray,
 ) -> list[Ranked]:
     """Each top item with how far each weighted term lifted it above the candidates' median,
     and which term lifted it most. The two similarity terms count as one (both are the
@@ -168,9 +169,13 @@ def _lifts(
     if cand.size == 0:
         return []
     lift = np.zeros((len(comps), top.size), dtype=np.float64)
-    for c, comp in enumerate(comps):
-        if w[c]:
-            lift[c] = w[c] * (comp[top] - _median(comp[cand]))
+    # The weighted terms that are not the shared all-zero array (a term with no data).
+    used = [c for c, comp in enumerate(comps) if w[c] and comp is not zeros]
+    if used:
+        mat = np.stack([comps[c] for c in used])
+        mids = medians(mat[:, cand])  # one partition call for all the terms
+        for j, c in enumerate(used):
+            lift[c] = w[c] * (mat[j, top] - mids[j])
     # In the order of ranking.TERMS: similarity, popularity, transitions, co-occurrence.
     terms = np.stack(
         [lift[SIMILARITY] + lift[GATED], lift[POPULARITY], lift[TRANSITIONS], lift[COOCCURRENCE]]

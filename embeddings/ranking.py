@@ -418,6 +418,17 @@ def _median(x: npt.NDArray[np.float64]) -> float:
     return float((part[h - 1] + part[h]) / 2)
 
 
+def medians(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """:func:`_median` of each row of a 2-d array with no NaN, with one partition call."""
+    m = x.shape[1]
+    h = m // 2
+    if m % 2:
+        return np.partition(x, h, axis=1)[:, h]
+    part = np.partition(x, (h - 1, h), axis=1)
+    out: npt.NDArray[np.float64] = (part[:, h - 1] + part[:, h]) / 2
+    return out
+
+
 def _stable_top_k(keys: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.intp]:
     """``np.argsort(keys, kind="stable")[:k]`` without sorting all of ``keys``.
 

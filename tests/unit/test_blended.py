@@ -238,3 +238,12 @@ def test_leading_terms_at_once_match_one_at_a_time(has_vector: bool) -> None:
         sim, pop, trans, co = (float(x) for x in lifts[:, j])
         one = leading_term(Ranked("i", 0.0, pop, sim, trans, co), has_vector)
         assert lead == one, (j, lifts[:, j])
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 1682])
+def test_row_medians_are_the_one_row_median(m: int) -> None:
+    from embeddings.ranking import _median, medians
+
+    rng = np.random.default_rng(m)
+    x = np.round(rng.normal(size=(4, m)), 1)  # rounded: equal values in the middle too
+    assert medians(x).tolist() == [_median(row) for row in x]
