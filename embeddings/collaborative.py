@@ -12,8 +12,9 @@ their vector) into the blend's per-item components (``COMPONENTS``). The harness
 call it, so what the harness measures is what the worker serves.
 
 Memory: the counts are dense, ``(n + 1) x n`` and ``n x n`` float32 (22 MB for ml-100k's
-1,682 items, 200 MB at 5,000). :data:`DEFAULT_MAX_ITEMS` bounds them; a larger catalog is
-ranked without the collaborative components (a sparse store would lift that bound).
+1,682 items, 200 MB at 5,000). :data:`DEFAULT_MAX_ITEMS` bounds them; the worker ranks a
+larger catalog by popularity and similarity alone, as before the blend (a sparse store
+would lift that bound).
 """
 
 from __future__ import annotations

@@ -168,8 +168,8 @@ class ItemIndex:
         if len(self._ids) > self._collab_max_items:
             log.warning(
                 "catalog of %d items is larger than the collaborative counts' limit of %d"
-                " (SCENEREC_COLLAB_MAX_ITEMS): ranking goes on without transitions,"
-                " co-occurrence and freshness",
+                " (SCENEREC_COLLAB_MAX_ITEMS): they are dropped, and the worker ranks by"
+                " log popularity + similarity alone",
                 len(self._ids),
                 self._collab_max_items,
             )

@@ -32,7 +32,14 @@ from embeddings.colearn import CoLearner
 from embeddings.collaborative import DEFAULT_FEED_BLEND, DEFAULT_MAX_ITEMS, FeedBlend
 from embeddings.fusion import fuse_item, item_text
 from embeddings.kg import HashedEntityEmbedding
-from embeddings.ranking import GatedScenes, ItemIndex, SceneModel, Scored, to_payload
+from embeddings.ranking import (
+    GatedScenes,
+    ItemIndex,
+    SceneModel,
+    Scored,
+    recommend_many,
+    to_payload,
+)
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState, click_weight
 from embeddings.vectors import Matrix
@@ -295,13 +302,7 @@ class Pipeline:
             with self._timed_store("upsert_users"):
                 self.store.upsert_users(points)
         # Every changed user's lists in one scoring pass (one matrix product per batch).
-        all_recs = recommend_blended(
-            [c.state for c in changed.values()],
-            self.index,
-            self.scene_model,
-            self.config.top_k,
-            self.blend,
-        )
+        all_recs = self._rank([c.state for c in changed.values()])
         for (user_id, c), recs in zip(changed.items(), all_recs, strict=True):
             await self.emitter.recommendations(user_id, self._payload(user_id, c.trigger, recs))
             self.metrics.recommendations.inc()
@@ -313,6 +314,17 @@ class Pipeline:
                     self.metrics.cold_start_seconds.labels(COLD_START_TRIGGERS[c.topic]).observe(
                         waited
                     )
+
+    def _rank(self, states: Sequence[UserState]) -> list[dict[str, list[Scored]]]:
+        """Every feed of each of ``states``, ranked with the blend while the item-item
+        counts exist; without them (a catalog over SCENEREC_COLLAB_MAX_ITEMS, or the counts
+        turned off) the blend's weights, tuned with those terms, do not apply, and the
+        lists are ``log pop_now + SIM_WEIGHT (u ⊙ s) · i`` (popularity + text in the
+        harness's ablation)."""
+        k = self.config.top_k
+        if self.index.collab is None:
+            return recommend_many(states, self.index, self.scene_model, k)
+        return recommend_blended(states, self.index, self.scene_model, k, self.blend)
 
     def _payload(
         self, user_id: str, trigger: str | None, recs: dict[str, list[Scored]]
@@ -331,9 +343,7 @@ class Pipeline:
         if raw is None:
             return None
         state = state_codec.loads(raw)
-        recs = recommend_blended(
-            [state], self.index, self.scene_model, self.config.top_k, self.blend
-        )[0]
+        recs = self._rank([state])[0]
         return self._payload(user_id, state.last_event_id, recs)
 
     async def forget(self, user_ids: Sequence[str]) -> None:

@@ -83,7 +83,9 @@ def _clicks(items: list[dict[str, object]]) -> list[dict[str, object]]:
     return out
 
 
-def _pipeline(tmp_path: Path, name: str, model_path: Path | None) -> Pipeline:
+def _pipeline(
+    tmp_path: Path, name: str, model_path: Path | None, collab_max_items: int = DEFAULT_MAX_ITEMS
+) -> Pipeline:
     store = open_store(tmp_path / name)
     store.ensure_collections(384, list(SCENES))
     return Pipeline(
@@ -91,6 +93,7 @@ def _pipeline(tmp_path: Path, name: str, model_path: Path | None) -> Pipeline:
             scenes=SCENES,
             unknown_item_wait_s=0.0,
             model_path=None if model_path is None else str(model_path),
+            collab_max_items=collab_max_items,
         ),
         store=store,
         index=ItemIndex(384),
@@ -247,3 +250,26 @@ def test_row_medians_are_the_one_row_median(m: int) -> None:
     rng = np.random.default_rng(m)
     x = np.round(rng.normal(size=(4, m)), 1)  # rounded: equal values in the middle too
     assert medians(x).tolist() == [_median(row) for row in x]
+
+
+async def test_without_item_item_counts_the_worker_ranks_by_popularity_and_similarity(
+    tmp_path: Path,
+) -> None:
+    from embeddings.ranking import recommend_many
+    from streams import state as state_codec
+
+    items = _items()
+    clicks = _clicks(items)[:120]
+    pipe = _pipeline(tmp_path, "plain", None, collab_max_items=0)
+    await pipe.on_catalog(_messages("catalog.items", items, 0))
+    await pipe.on_clicks(_messages("events.click", clicks, 0))
+    assert pipe.index.collab is None
+    user = str(clicks[-1]["user_id"])
+    payload = pipe.recommend_now(user)
+    assert payload is not None
+    state = state_codec.loads(pipe.states[user])
+    plain = recommend_many([state], pipe.index, pipe.scene_model, 10)[0]
+    scenes = payload["scenes"]
+    assert isinstance(scenes, dict)
+    assert [r["item_id"] for r in scenes["global"]] == [s.item_id for s in plain["global"]]
+    pipe.store.close()
