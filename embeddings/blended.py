@@ -10,7 +10,9 @@ lists are the same). A scene feed differs only in its query, the user's scene ve
 gate (the scene's learned gate, if any) and in ranking that scene's items only.
 
 The similarities of all of a batch's queries come from one pass over the item matrix
-(``ItemIndex.similarities``), as in :func:`embeddings.ranking.recommend_many`.
+(``ItemIndex.similarities``), as in :func:`embeddings.ranking.recommend_many`. The worker
+ranks this way while it keeps the item-item counts (``ItemIndex.collab``); without them
+the weights, tuned with those terms, do not apply and it uses ``recommend_many``.
 """
 
 from __future__ import annotations

@@ -388,7 +388,7 @@ class GatedScenes:
         return state.global_vec if scene is None else state.scene_vector(scene)
 
 
-def scene_model(scenes: SceneGates | SceneModel) -> SceneModel:
+def _scene_model(scenes: SceneGates | SceneModel) -> SceneModel:
     return GatedScenes(scenes) if isinstance(scenes, SceneGates) else scenes
 
 
@@ -471,7 +471,7 @@ def recommend_many(
     Scores are ``log pop_now + SIM_WEIGHT * (u ⊙ s) · i``; the worker ranks with the
     tenure blend of ``embeddings.blended`` instead, which reuses this module's parts.
     """
-    model = scene_model(scenes)
+    model = _scene_model(scenes)
     plans: list[tuple[UserState, History | None, list[tuple[str, Vector | None]]]] = []
     queries: list[RankQuery] = []
     for state in states:
