@@ -29,9 +29,9 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.blend import TenureBlend
-from embeddings.cooccurrence import CoOccurrence, Rows
+from embeddings.cooccurrence import CoOccurrence
 from embeddings.transitions import TransitionCounts
-from embeddings.vectors import Vector
+from embeddings.vectors import Rows, Vector
 
 FloatArray = npt.NDArray[np.float64]
 DAY_S = 86_400.0

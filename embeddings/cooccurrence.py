@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from embeddings.vectors import Rows
+
 FloatArray = npt.NDArray[np.float64]
-#: Item rows: a list, or an array of them (what ``ItemIndex.rows`` gives).
-Rows = Sequence[int] | npt.NDArray[np.intp]
 #: Up to this many history items, their rows are gathered; beyond, one dense product.
 _SUBSET_ROWS = 256
 

@@ -42,7 +42,7 @@ from embeddings.collaborative import (
 from embeddings.popularity import DecayedPopularity
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState
-from embeddings.vectors import Vector
+from embeddings.vectors import Rows, Vector
 
 log = logging.getLogger(__name__)
 GLOBAL = "global"
@@ -277,7 +277,7 @@ class ItemIndex:
         n = len(self._ids)
         if n == 0 or not queries:
             return [[] for _ in queries]
-        pop = self._pop.log_scores()[:n]
+        pop = self.log_popularity()
         with_vec = [j for j, q in enumerate(queries) if q.query is not None]
         sims: npt.NDArray[np.float32] | None = None
         if with_vec:
@@ -508,7 +508,7 @@ class History:
     #: Rows of ``item_ids`` (oldest first) and of every item the user had, for reasons
     #: that name where transitions or co-occurrence came from (the blended ranking).
     rows: Sequence[int] = ()
-    seen_rows: Sequence[int] | npt.NDArray[np.intp] = ()
+    seen_rows: Rows = ()
     #: (term, item row) -> the row that reason names: a user's feeds share many items.
     sources: dict[tuple[int, int], int | None] = field(default_factory=dict)
 
@@ -576,12 +576,16 @@ def explain(
     return f"{where}: matches your profile"
 
 
-#: The terms :func:`leading_term` compares, in its tie order.
+#: The terms :func:`leading_terms` compares, in its tie order.
 TERMS = ("similarity", "popularity", "transitions", "cooccurrence")
 
 
 def leading_terms(lifts: npt.NDArray[np.float64], has_vector: bool) -> list[str]:
-    """:func:`leading_term` for many items at once: ``lifts`` is ``(len(TERMS), n_items)``."""
+    """The term that lifted each item most; ``lifts`` is ``(len(TERMS), n_items)``.
+
+    Similarity counts only for a user with a vector, transitions and co-occurrence only
+    when they lift the item; on a tie the earlier term in ``TERMS`` wins.
+    """
     masked = lifts.copy()
     if not has_vector:
         masked[0] = -np.inf
@@ -590,19 +594,17 @@ def leading_terms(lifts: npt.NDArray[np.float64], has_vector: bool) -> list[str]
 
 
 def leading_term(ranked: Ranked, has_vector: bool) -> str:
-    """The term that lifted the item most (what :func:`explain` names); on a tie the
-    earlier of similarity, popularity, transitions, co-occurrence."""
-    terms = [("similarity", ranked.similarity_lift)] if has_vector else []
-    terms.append(("popularity", ranked.popularity_lift))
-    terms += [
-        (name, lift)
-        for name, lift in (
-            ("transitions", ranked.transition_lift),
-            ("cooccurrence", ranked.cooccurrence_lift),
-        )
-        if lift > 0
-    ]
-    return max(terms, key=lambda t: t[1])[0]
+    """The term that lifted the item most (what :func:`explain` names): :func:`leading_terms`
+    for one item, so both follow one rule."""
+    lifts = np.array(
+        [
+            [ranked.similarity_lift],
+            [ranked.popularity_lift],
+            [ranked.transition_lift],
+            [ranked.cooccurrence_lift],
+        ]
+    )
+    return leading_terms(lifts, has_vector)[0]
 
 
 def _collaborative_reason(

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from embeddings.vectors import Rows
+
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -89,9 +91,7 @@ class TransitionCounts:
         out: FloatArray = weights @ self._counts[rows].astype(np.float64)
         return out
 
-    def row_mass(
-        self, rows: Sequence[int] | npt.NDArray[np.intp], targets: Sequence[int]
-    ) -> FloatArray:
+    def row_mass(self, rows: Rows, targets: Sequence[int]) -> FloatArray:
         """``T[h, t]`` for each of ``rows`` (axis 0) and ``targets`` (axis 1): what each item
         alone sent to each target."""
         at = np.ix_(np.asarray(rows, dtype=np.intp), np.asarray(targets, dtype=np.intp))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float32]
 Matrix = npt.NDArray[np.float32]
+#: Item rows: a list, or an array of them (what ``ItemIndex.rows`` gives).
+Rows = Sequence[int] | npt.NDArray[np.intp]
 
 _EPS = 1e-12
 

@@ -8,11 +8,17 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from embeddings.encoder import SentenceEncoder
+from embeddings.ranking import ItemIndex
+from streams.metrics import WorkerMetrics
+from streams.pipeline import Emitter, Pipeline, PipelineConfig, TextEncoder
+from vectorstore import open_store
 
 
 @lru_cache(maxsize=1)
@@ -34,6 +40,25 @@ class InProcessEncoder:
 @pytest.fixture
 def in_process_encoder() -> InProcessEncoder:
     return InProcessEncoder()
+
+
+def local_pipeline(
+    store_dir: Path, config: PipelineConfig, encoder: TextEncoder, emitter: Emitter
+) -> Pipeline:
+    """A pipeline as unit tests run it: an embedded store in ``store_dir`` with the config's
+    scenes, an empty index, a dict as user state, metrics on a registry of its own.
+    The caller closes ``pipeline.store``."""
+    store = open_store(store_dir)
+    store.ensure_collections(384, list(config.scenes))
+    return Pipeline(
+        config=config,
+        store=store,
+        index=ItemIndex(384),
+        encoder=encoder,
+        states={},
+        emitter=emitter,
+        metrics=WorkerMetrics.create(CollectorRegistry()),
+    )
 
 
 def docker_answers() -> bool:

@@ -25,8 +25,7 @@ from streams.metrics import WorkerMetrics
 from streams.pipeline import Incoming, Pipeline, PipelineConfig
 from streams.records import DeadLetter
 from streams.state import loads
-from tests.conftest import InProcessEncoder
-from vectorstore import open_store
+from tests.conftest import InProcessEncoder, local_pipeline
 
 ITEMS = [
     {
@@ -80,20 +79,15 @@ class Collect:
 
 @pytest.fixture
 async def pipe(tmp_path: Path, in_process_encoder: InProcessEncoder) -> AsyncIterator[Pipeline]:
-    store = open_store(tmp_path / "store")
-    store.ensure_collections(384, ["scifi", "family", "drama"])
-    p = Pipeline(
-        config=PipelineConfig(scenes=("scifi", "family", "drama"), unknown_item_wait_s=0.5),
-        store=store,
-        index=ItemIndex(384),
-        encoder=in_process_encoder,
-        states={},
-        emitter=Collect(),
-        metrics=WorkerMetrics.create(CollectorRegistry()),
+    p = local_pipeline(
+        tmp_path / "store",
+        PipelineConfig(scenes=("scifi", "family", "drama"), unknown_item_wait_s=0.5),
+        in_process_encoder,
+        Collect(),
     )
     runtime.install(p)
     yield p
-    store.close()
+    p.store.close()
 
 
 async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:

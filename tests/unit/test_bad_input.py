@@ -20,16 +20,12 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from embeddings.ranking import ItemIndex
 from streams.agents import handle
-from streams.metrics import WorkerMetrics
 from streams.pipeline import Incoming, Pipeline, PipelineConfig
 from streams.records import DeadLetter
 from streams.state import loads
-from tests.conftest import InProcessEncoder
-from vectorstore import open_store
+from tests.conftest import InProcessEncoder, local_pipeline
 
 SCENES = ("scifi", "drama")
 ITEMS = {"1": "scifi", "2": "scifi", "3": "drama"}
@@ -60,16 +56,11 @@ class Collect:
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    store = open_store(tmp_path_factory.mktemp("store"))
-    store.ensure_collections(384, SCENES)
-    p = Pipeline(
-        config=PipelineConfig(scenes=SCENES, max_text_chars=MAX_TEXT, unknown_item_wait_s=0.0),
-        store=store,
-        index=ItemIndex(384),
-        encoder=InProcessEncoder(),
-        states={},
-        emitter=Collect(),
-        metrics=WorkerMetrics.create(CollectorRegistry()),
+    p = local_pipeline(
+        tmp_path_factory.mktemp("store"),
+        PipelineConfig(scenes=SCENES, max_text_chars=MAX_TEXT, unknown_item_wait_s=0.0),
+        InProcessEncoder(),
+        Collect(),
     )
     items = [
         Incoming(orjson.dumps({"item_id": i, "scenes": [s], "title": f"Film {i}"}), "c", 0, n)
@@ -77,7 +68,7 @@ def pipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     ]
     asyncio.run(handle(p, items, Pipeline.on_catalog, "catalog.items"))
     yield p
-    store.close()
+    p.store.close()
 
 
 # --- generated events: (raw bytes, expected dead-letter reason or None for good) ------------

@@ -16,16 +16,14 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from embeddings.collaborative import DEFAULT_FEED_BLEND, DEFAULT_MAX_ITEMS, FeedBlend
 from embeddings.ranking import ItemIndex
 from evaluation.data import Catalog, Event, Item
 from evaluation.scenerec_model import SceneRec, SceneRecConfig
-from streams.metrics import WorkerMetrics
 from streams.pipeline import Incoming, Pipeline, PipelineConfig
+from tests.conftest import local_pipeline
 from tests.unit.test_agents import Collect
-from vectorstore import open_store
 
 SCENES = ("scifi", "family", "drama")
 N_ITEMS, N_USERS, N_TRAIN, N_SCORED = 60, 30, 400, 200
@@ -86,22 +84,13 @@ def _clicks(items: list[dict[str, object]]) -> list[dict[str, object]]:
 def _pipeline(
     tmp_path: Path, name: str, model_path: Path | None, collab_max_items: int = DEFAULT_MAX_ITEMS
 ) -> Pipeline:
-    store = open_store(tmp_path / name)
-    store.ensure_collections(384, list(SCENES))
-    return Pipeline(
-        config=PipelineConfig(
-            scenes=SCENES,
-            unknown_item_wait_s=0.0,
-            model_path=None if model_path is None else str(model_path),
-            collab_max_items=collab_max_items,
-        ),
-        store=store,
-        index=ItemIndex(384),
-        encoder=HashEncoder(),
-        states={},
-        emitter=Collect(),
-        metrics=WorkerMetrics.create(CollectorRegistry()),
+    config = PipelineConfig(
+        scenes=SCENES,
+        unknown_item_wait_s=0.0,
+        model_path=None if model_path is None else str(model_path),
+        collab_max_items=collab_max_items,
     )
+    return local_pipeline(tmp_path / name, config, HashEncoder(), Collect())
 
 
 def _messages(topic: str, records: Sequence[dict[str, object]], first: int) -> list[Incoming]:
@@ -229,6 +218,15 @@ def test_reasons_name_the_click_a_recommendation_follows_from() -> None:
     )
 
 
+def _expected_lead(sim: float, pop: float, trans: float, co: float, has_vector: bool) -> str:
+    """The rule, one item at a time: the largest lift among similarity (with a vector),
+    popularity, and transitions and co-occurrence where positive; ties to the earlier."""
+    terms = [("similarity", sim)] if has_vector else []
+    terms.append(("popularity", pop))
+    terms += [(n, x) for n, x in (("transitions", trans), ("cooccurrence", co)) if x > 0]
+    return max(terms, key=lambda t: t[1])[0]
+
+
 @pytest.mark.parametrize("has_vector", [True, False])
 def test_leading_terms_at_once_match_one_at_a_time(has_vector: bool) -> None:
     from embeddings.ranking import Ranked, leading_term, leading_terms
@@ -239,8 +237,10 @@ def test_leading_terms_at_once_match_one_at_a_time(has_vector: bool) -> None:
     at_once = leading_terms(lifts, has_vector)
     for j, lead in enumerate(at_once):
         sim, pop, trans, co = (float(x) for x in lifts[:, j])
+        expected = _expected_lead(sim, pop, trans, co, has_vector)
+        assert lead == expected, (j, lifts[:, j])
         one = leading_term(Ranked("i", 0.0, pop, sim, trans, co), has_vector)
-        assert lead == one, (j, lifts[:, j])
+        assert one == expected, (j, lifts[:, j])
 
 
 @pytest.mark.parametrize("m", [1, 2, 7, 1682])
