@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from scenerec.config import Settings, load_settings
 from streams import topics as t
 from streams.metrics import WorkerMetrics, watch_gc
+from streams.transport import App
 
 settings: Settings = load_settings()
 metrics = WorkerMetrics.create()
@@ -47,8 +48,9 @@ def _canonical_url(s: Settings) -> str:
     return f"http://{host}:{s.worker_web_port}"
 
 
-app = faust.App(
+app = App(
     settings.app_id,
+    fetch_max_wait_ms=settings.fetch_max_wait_ms,
     broker=f"kafka://{settings.bootstrap}",
     broker_credentials=_credentials(settings),
     store="memory://",

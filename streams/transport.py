@@ -1,0 +1,59 @@
+"""Faust's Kafka transport with a fetch wait the worker chooses (``SCENEREC_FETCH_MAX_WAIT_MS``).
+
+Why: Faust's aiokafka driver builds its consumer with ``fetch_max_wait_ms=1500`` and no
+setting to change it. aiokafka sends one fetch at a time to a broker, and leaves out of
+it every partition whose last records are still buffered, not yet taken by Faust. When a
+busy worker has not taken the click records within aiokafka's 0.1 s prefetch backoff,
+the next fetch asks only for partitions with nothing in them (comments, social,
+profiles), and the broker holds that fetch for up to 1.5 s. No click reaches the worker
+until it returns. At 1,000 clicks/s that showed as a stall every 2-3 s, 0.5-1.7 s long,
+and a latency p99 of 1.6-2.8 s in the runs that had them (docs/benchmarks.md, "The
+fetch stall"). A short wait bounds the stall; an idle worker pays with one empty fetch
+per wait.
+
+The override sets the consumer's private ``_fetch_max_wait_ms`` between its construction
+and its start (``AIOKafkaConsumer.start`` builds the fetcher from it), the one point
+Faust leaves open; a unit test checks that the worker consumer gets the value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust import transport
+from faust.transport.drivers import aiokafka as driver
+from faust.types import TransportT
+
+
+class ConsumerThread(driver.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: driver.Transport) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            if not hasattr(consumer, "_fetch_max_wait_ms"):  # an aiokafka that renamed it
+                raise RuntimeError("aiokafka's consumer has no _fetch_max_wait_ms to set")
+            consumer._fetch_max_wait_ms = int(wait_ms)
+        return consumer
+
+
+class Consumer(driver.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(driver.Transport):
+    Consumer = Consumer
+
+
+class App(faust.App):
+    """``faust.App`` whose Kafka consumer waits at most ``fetch_max_wait_ms`` per fetch."""
+
+    def __init__(self, *args: Any, fetch_max_wait_ms: int | None = None, **kwargs: Any) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self) -> TransportT:
+        if transport.by_url(self.conf.broker_consumer[0]) is driver.Transport:
+            return Transport(self.conf.broker_consumer, self)
+        return super()._new_transport()
