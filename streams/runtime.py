@@ -97,11 +97,32 @@ class TableStates(MutableMapping[str, bytes]):
         return len(self._table)
 
 
+async def flush_producer(producer: Any) -> None:
+    """Hand every record sent so far to Kafka and wait for the broker's acks.
+
+    The table's changelog records wait in Faust's send-soon buffer (``producer.buffer``).
+    Faust's ``Producer.flush`` drains it with ``ProducerBuffer.flush``, which returns as
+    soon as one record takes over 0.1 s to go out (``flush_atmost``), with records still
+    in the buffer; the aiokafka flush after it cannot see those. A batch acked then has a
+    user's state change only in this process's memory, and a ``kill -9`` before the buffer
+    drains loses it once the offset is committed. So drain until the buffer is empty, and
+    the record its task took off it is handed to aiokafka (``buffer.sending``, kept by
+    ``streams.transport.count_sends``), before the aiokafka flush.
+    """
+    buffer = producer.buffer
+    while buffer.size or getattr(buffer, "sending", 0):
+        if buffer.size:
+            await buffer.flush()
+        else:
+            await asyncio.sleep(0.001)
+    await producer.flush()
+
+
 class FaustEmitter:
     async def flush(self) -> None:
         # The table's changelog records go out through the same producer: flushing it
         # before the batch is acked means no acknowledged event's effect is only in memory.
-        await app.producer.flush()
+        await flush_producer(app.producer)
 
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
         await recommendations_topic.send(key=user_id.encode(), value=orjson.dumps(payload))

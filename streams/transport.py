@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from faust import transport
 from faust.transport.drivers import aiokafka as driver
-from faust.types import TransportT
+from faust.types import ProducerT, TransportT
 
 
 class ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -46,12 +46,39 @@ class Transport(driver.Transport):
     Consumer = Consumer
 
 
+def count_sends(buffer: Any) -> None:
+    """Keep ``buffer.sending``: records taken off Faust's send-soon buffer, not yet handed over.
+
+    ``ProducerBuffer.size`` counts only the records still queued. The one its task has taken
+    may still be waiting for room in aiokafka's batch for its partition, in no batch that
+    an aiokafka flush waits for. ``streams.runtime.flush_producer`` waits for both. Must
+    run before the buffer starts: its task reads ``_send_pending`` once, when it starts.
+    """
+    send = buffer._send_pending
+    buffer.sending = 0
+
+    async def counted(fut: Any) -> None:
+        buffer.sending += 1
+        try:
+            await send(fut)
+        finally:
+            buffer.sending -= 1
+
+    buffer._send_pending = counted
+
+
 class App(faust.App):
-    """``faust.App`` whose Kafka consumer waits at most ``fetch_max_wait_ms`` per fetch."""
+    """``faust.App`` whose Kafka consumer waits at most ``fetch_max_wait_ms`` per fetch,
+    and whose producer counts the send-soon records in hand (:func:`count_sends`)."""
 
     def __init__(self, *args: Any, fetch_max_wait_ms: int | None = None, **kwargs: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         super().__init__(*args, **kwargs)
+
+    def _new_producer(self) -> ProducerT:
+        producer = super()._new_producer()
+        count_sends(producer.buffer)
+        return producer
 
     def _new_transport(self) -> TransportT:
         if transport.by_url(self.conf.broker_consumer[0]) is driver.Transport:
