@@ -1,19 +1,22 @@
-"""Faust's Kafka transport with a fetch wait the worker chooses (``SCENEREC_FETCH_MAX_WAIT_MS``).
+"""The worker's Faust app: a Kafka fetch wait it chooses, a send-soon buffer it can drain.
 
-Why: Faust's aiokafka driver builds its consumer with ``fetch_max_wait_ms=1500`` and no
-setting to change it. aiokafka sends one fetch at a time to a broker, and leaves out of
-it every partition whose last records are still buffered, not yet taken by Faust. When a
-busy worker has not taken the click records within aiokafka's 0.1 s prefetch backoff,
-the next fetch asks only for partitions with nothing in them (comments, social,
-profiles), and the broker holds that fetch for up to 1.5 s. No click reaches the worker
-until it returns. At 1,000 clicks/s that showed as a stall every 2-3 s, 0.5-1.7 s long,
-and a latency p99 of 1.6-2.8 s in the runs that had them (docs/benchmarks.md, "The
-fetch stall"). A short wait bounds the stall; an idle worker pays with one empty fetch
-per wait.
+**Fetch wait** (``SCENEREC_FETCH_MAX_WAIT_MS``). Faust's aiokafka driver builds its
+consumer with ``fetch_max_wait_ms=1500`` and no setting to change it. aiokafka sends one
+fetch at a time to a broker, and leaves out of it every partition whose last records are
+still buffered, not yet taken by Faust. When a busy worker has not taken the click records
+within aiokafka's 0.1 s prefetch backoff, the next fetch asks only for partitions with
+nothing in them (comments, social, profiles), and the broker holds that fetch for up to
+1.5 s. No click reaches the worker until it returns. At 1,000 clicks/s that showed as a
+stall every 2-3 s, 0.5-1.7 s long, and a latency p99 of 1.6-3.0 s in the runs that had
+them (docs/benchmarks.md, "The fetch stall"). A short wait bounds the stall; an idle
+worker pays with one empty fetch per wait. The override sets the consumer's private
+``_fetch_max_wait_ms`` between its construction and its start (``AIOKafkaConsumer.start``
+builds the fetcher from it), the one point Faust leaves open; a unit test checks that the
+worker consumer gets the value.
 
-The override sets the consumer's private ``_fetch_max_wait_ms`` between its construction
-and its start (``AIOKafkaConsumer.start`` builds the fetcher from it), the one point
-Faust leaves open; a unit test checks that the worker consumer gets the value.
+**Send-soon buffer.** :func:`count_sends` lets ``streams.runtime.flush_producer`` see the
+record Faust's buffer has in hand, so a batch is acked only once its table changelog
+records are with aiokafka.
 """
 
 from __future__ import annotations
