@@ -174,10 +174,10 @@ def _lifts(
     # The weighted terms that are not the shared all-zero array (a term with no data).
     used = [c for c, comp in enumerate(comps) if w[c] and comp is not zeros]
     if used:
-        mat = np.stack([comps[c] for c in used])
-        mids = medians(mat[:, cand])  # one partition call for all the terms
+        # One partition call for all the terms, over the candidates' values only.
+        mids = medians(np.stack([comps[c][cand] for c in used]))
         for j, c in enumerate(used):
-            lift[c] = w[c] * (mat[j, top] - mids[j])
+            lift[c] = w[c] * (comps[c][top] - mids[j])
     # In the order of ranking.TERMS: similarity, popularity, transitions, co-occurrence.
     terms = np.stack(
         [lift[SIMILARITY] + lift[GATED], lift[POPULARITY], lift[TRANSITIONS], lift[COOCCURRENCE]]
