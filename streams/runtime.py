@@ -38,6 +38,7 @@ from streams.catalog_reader import CatalogReader
 from streams.pipeline import Pipeline, PipelineConfig
 from streams.records import DeadLetter
 from streams.topics import CATALOG
+from streams.transport import flush_producer
 from vectorstore import open_store
 from vectorstore.base import VectorStore
 
@@ -95,27 +96,6 @@ class TableStates(MutableMapping[str, bytes]):
 
     def __len__(self) -> int:
         return len(self._table)
-
-
-async def flush_producer(producer: Any) -> None:
-    """Hand every record sent so far to Kafka and wait for the broker's acks.
-
-    The table's changelog records wait in Faust's send-soon buffer (``producer.buffer``).
-    Faust's ``Producer.flush`` drains it with ``ProducerBuffer.flush``, which returns as
-    soon as one record takes over 0.1 s to go out (``flush_atmost``), with records still
-    in the buffer; the aiokafka flush after it cannot see those. A batch acked then has a
-    user's state change only in this process's memory, and a ``kill -9`` before the buffer
-    drains loses it once the offset is committed. So drain until the buffer is empty, and
-    the record its task took off it is handed to aiokafka (``buffer.sending``, kept by
-    ``streams.transport.count_sends``), before the aiokafka flush.
-    """
-    buffer = producer.buffer
-    while buffer.size or getattr(buffer, "sending", 0):
-        if buffer.size:
-            await buffer.flush()
-        else:
-            await asyncio.sleep(0.001)
-    await producer.flush()
 
 
 class FaustEmitter:

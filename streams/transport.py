@@ -16,13 +16,14 @@ processed) that ``streams.healing`` does not catch. The override sets the consum
 builds the fetcher from it), the one point Faust leaves open; a unit test checks that the
 worker consumer gets the value.
 
-**Send-soon buffer.** :func:`count_sends` lets ``streams.runtime.flush_producer`` see the
-record Faust's buffer has in hand, so a batch is acked only once its table changelog
+**Send-soon buffer.** :func:`count_sends` lets :func:`flush_producer` see the record
+Faust's buffer has in hand, so a batch is acked only once its table changelog
 records are with aiokafka.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -56,7 +57,7 @@ def count_sends(buffer: Any) -> None:
 
     ``ProducerBuffer.size`` counts only the records still queued. The one its task has taken
     may still be waiting for room in aiokafka's batch for its partition, in no batch that
-    an aiokafka flush waits for. ``streams.runtime.flush_producer`` waits for both. Must
+    an aiokafka flush waits for. :func:`flush_producer` waits for both. Must
     run before the buffer starts: its task reads ``_send_pending`` once, when it starts.
     """
     send = buffer._send_pending
@@ -70,6 +71,27 @@ def count_sends(buffer: Any) -> None:
             buffer.sending -= 1
 
     buffer._send_pending = counted
+
+
+async def flush_producer(producer: Any) -> None:
+    """Hand every record sent so far to Kafka and wait for the broker's acks.
+
+    The table's changelog records wait in Faust's send-soon buffer (``producer.buffer``).
+    Faust's ``Producer.flush`` drains it with ``ProducerBuffer.flush``, which returns as
+    soon as one record takes over 0.1 s to go out (``flush_atmost``), with records still
+    in the buffer; the aiokafka flush after it cannot see those. A batch acked then has a
+    user's state change only in this process's memory, and a ``kill -9`` before the buffer
+    drains loses it once the offset is committed. So drain until the buffer is empty, and
+    the record its task took off it is handed to aiokafka (``buffer.sending``, kept by
+    :func:`count_sends`), before the aiokafka flush.
+    """
+    buffer = producer.buffer
+    while buffer.size or getattr(buffer, "sending", 0):
+        if buffer.size:
+            await buffer.flush()
+        else:
+            await asyncio.sleep(0.001)
+    await producer.flush()
 
 
 class App(faust.App):

@@ -1,4 +1,4 @@
-"""``streams.runtime.flush_producer`` drains Faust's send-soon buffer even when it is slow."""
+"""``streams.transport.flush_producer`` drains Faust's send-soon buffer even when it is slow."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 import faust
 from faust.transport.producer import ProducerBuffer
 
-from streams.runtime import flush_producer
-from streams.transport import count_sends
+from streams.transport import count_sends, flush_producer
 
 
 class SlowBuffer(ProducerBuffer):
