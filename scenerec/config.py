@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     batch_within_max_s: float = Field(default=0.1, gt=0)
     #: Longest a worker's Kafka fetch waits for data; unset: Faust's fixed 1,500 ms. A fetch
     #: that waits on idle topics holds back every click (streams/transport.py); 20 removed
-    #: those stalls, but the kill -9 fault test then failed once on a Faust race that the
+    #: those stalls, but the kill -9 fault test then failed 2 of 4 runs on a Faust race the
     #: worker's healing does not catch, so it is not the default (docs/benchmarks.md).
     fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=60_000)
     unknown_item_wait_s: float = Field(default=30.0, ge=0)

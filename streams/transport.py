@@ -10,7 +10,7 @@ nothing in them (comments, social, profiles), and the broker holds that fetch fo
 stall every 1-5 s, 0.5-1.7 s long, and a latency p99 of 1.6-3.0 s in the runs that had
 them (docs/benchmarks.md, "The fetch stall"). A short wait bounds the stall; an idle
 worker pays with one empty fetch per wait. It is opt-in: with 20 ms the ``kill -9`` fault
-test failed once on a Faust race after the restart (messages tracked as in flight, never
+test failed in 2 of 4 runs on a Faust race after the restart (messages tracked as in flight, never
 processed) that ``streams.healing`` does not catch. The override sets the consumer's private
 ``_fetch_max_wait_ms`` between its construction and its start (``AIOKafkaConsumer.start``
 builds the fetcher from it), the one point Faust leaves open; a unit test checks that the
