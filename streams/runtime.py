@@ -366,4 +366,21 @@ class ConsumerView(View):
                 "buffered": tp in c._buffered_partitions,
                 "unacked": len(c._unacked_messages) if hasattr(c, "_unacked_messages") else None,
             }
-        return self.json({"flow_active": c.flow_active, "partitions": rows})
+        unacked = [
+            {
+                "tp": f"{m.tp.topic}[{m.tp.partition}]",
+                "offset": m.offset,
+                "acked": m.acked,
+                "refcount": m.refcount,
+                "generation_id": m.generation_id,
+            }
+            for m in sorted(list(c._unacked_messages), key=lambda m: (m.tp, m.offset))
+        ]
+        return self.json(
+            {
+                "flow_active": c.flow_active,
+                "generation_id": app.consumer_generation_id,
+                "partitions": rows,
+                "unacked_messages": unacked[:50],
+            }
+        )

@@ -48,7 +48,11 @@ async def test_view_reads_the_consumers_bookkeeping_for_stream_topics_only() -> 
 
     consumer = SimpleNamespace(
         assignment=lambda: {tp_a, tp_b, tp_c, tp_log},
-        _unacked_messages=[SimpleNamespace(tp=tp_b)],
+        _unacked_messages=[
+            SimpleNamespace(tp=tp_b, acked=False),
+            # Acked but left in Faust's set (offset below the commit): not in flight.
+            SimpleNamespace(tp=tp_c, acked=True),
+        ],
         _committed_offset={tp_a: 2, tp_b: 7, tp_c: 3},
         position=position,
     )
