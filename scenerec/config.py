@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(default=0.01, gt=0)
     # The window grows up to this while batches take long to handle (streams/batching.py).
     batch_within_max_s: float = Field(default=0.1, gt=0)
-    #: Longest a worker's Kafka fetch waits for data; unset: Faust's fixed 1,500 ms. A fetch
+    #: Longest a worker's Kafka fetch waits for data (Faust's own is a fixed 1,500). A fetch
     #: that waits on idle topics holds back every click (streams/transport.py): 20 removed
     #: the 0.5-1.7 s stalls at 1,000 clicks/s (docs/benchmarks.md, "The fetch stall").
     fetch_max_wait_ms: int | None = Field(default=20, ge=1, le=60_000)

@@ -346,7 +346,9 @@ def await_chain(obj: object, limit: int = 40) -> list[str]:
 
 @app.page("/debug/consumer")
 class ConsumerView(View):
-    """Per assigned partition: Kafka position and highwater, Faust's read/committed offsets.
+    """Per assigned partition: Kafka position and highwater, Faust's read/committed offsets;
+    and the first 50 messages in Faust's unacked set, with their ``acked`` flags (an acked
+    message can stay there: streams/healing.py).
 
     Reads Faust's private bookkeeping (there is no public API for it): for diagnosis only.
     """
