@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     #: Longest a worker's Kafka fetch waits for data (Faust's own is a fixed 1,500). A fetch
     #: that waits on idle topics holds back every click (streams/transport.py): 20 removed
     #: the 0.5-1.7 s stalls at 1,000 clicks/s (docs/benchmarks.md, "The fetch stall").
-    fetch_max_wait_ms: int | None = Field(default=20, ge=1, le=60_000)
+    fetch_max_wait_ms: int = Field(default=20, ge=1, le=60_000)
     unknown_item_wait_s: float = Field(default=30.0, ge=0)
     min_free_mb: int = Field(default=100, ge=0, description="refuse to start below this")
     max_future_s: float = Field(default=86400.0, gt=0, description="refuse later event times")
