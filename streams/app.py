@@ -51,6 +51,10 @@ def _canonical_url(s: Settings) -> str:
 app = App(
     settings.app_id,
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    # Not compacted, so a jump in their offsets is records skipped (streams/transport.py).
+    contiguous_topics=frozenset(
+        settings.topic(spec.name) for spec in t.INPUT_TOPICS if not spec.compacted
+    ),
     broker=f"kafka://{settings.bootstrap}",
     broker_credentials=_credentials(settings),
     store="memory://",

@@ -112,11 +112,17 @@ class HoleWatch:
         return out
 
 
-async def reseek(consumer: Any, park_timeout_s: float = 10.0) -> None:
+async def reseek(consumer: Any, stuck: Iterable[Any] = (), park_timeout_s: float = 10.0) -> None:
     """Seek every partition to its committed offset with the fetch loop parked.
 
     ``stop_flow`` makes the fetch loop stop delivering at its next record and wait for
     ``can_resume_flow``; once it waits there, seeking cannot race a batch in delivery.
+
+    aiokafka's ``seek_to_committed`` leaves a partition with nothing committed where it is,
+    so a hole there would stay: the ``kill -9`` fault test once saw two click partitions
+    with no commit stuck for two minutes, healing firing every 15 s to no effect. Of the
+    ``stuck`` partitions, those go back to their first offset (the worker's
+    ``auto_offset_reset`` is earliest).
     """
     consumer.stop_flow()
     try:
@@ -124,5 +130,10 @@ async def reseek(consumer: Any, park_timeout_s: float = 10.0) -> None:
         while not consumer.can_resume_flow._waiters and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await consumer.perform_seek()
+        never_committed = [tp for tp in stuck if not consumer._committed_offset.get(tp)]
+        if never_committed:
+            earliest = await consumer.earliest_offsets(*never_committed)
+            for tp in never_committed:
+                await consumer.seek(tp, earliest[tp])
     finally:
         consumer.resume_flow()

@@ -283,7 +283,7 @@ async def refetch_dropped_messages() -> None:
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stuck),
         )
         metrics.refetches.inc()
-        await healing.reseek(consumer)
+        await healing.reseek(consumer, stuck)
         _holes.seen.clear()
 
 

@@ -87,6 +87,14 @@ class FakeConsumer:
     async def perform_seek(self) -> None:
         self.parked_before_seek = bool(self.can_resume_flow._waiters)
         self.calls.append("seek")
+        # Faust: what aiokafka reports committed; aiokafka seeks only where it is not 0/None.
+        self._committed_offset = {"a": 12, "b": None}
+
+    async def earliest_offsets(self, *tps: str) -> dict[str, int]:
+        return {tp: 3 for tp in tps}
+
+    async def seek(self, tp: str, offset: int) -> None:
+        self.calls.append(f"seek {tp} {offset}")
 
     def resume_flow(self) -> None:
         self.calls.append("resume")
@@ -94,8 +102,14 @@ class FakeConsumer:
 
 async def test_reseek_waits_for_the_fetch_loop_to_park_then_seeks_and_resumes() -> None:
     consumer: Any = FakeConsumer()
-    await reseek(consumer)
+    await reseek(consumer, ["a"])
     assert consumer.calls == ["stop", "seek", "resume"] and consumer.parked_before_seek
+
+
+async def test_reseek_sends_a_stuck_partition_with_nothing_committed_to_its_start() -> None:
+    consumer: Any = FakeConsumer()
+    await reseek(consumer, ["a", "b"])
+    assert consumer.calls == ["stop", "seek", "seek b 3", "resume"]
 
 
 def test_lag_is_unknown_until_the_partition_has_a_highwater() -> None:

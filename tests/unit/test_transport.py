@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faust
+from faust.transport.drivers import aiokafka as driver
 
 from streams.transport import App, Transport
 
@@ -29,3 +30,37 @@ async def test_the_app_settings_reach_the_transport() -> None:
 
     assert isinstance(app.transport, Transport)
     assert app.fetch_max_wait_ms == settings.fetch_max_wait_ms
+
+
+def test_a_hole_at_the_front_of_the_acked_offsets_blocks_the_commit() -> None:
+    from streams.transport import commit_blocked
+
+    assert commit_blocked([31, 32, 33], 30)  # 30 never handled: Faust would commit 34
+    assert commit_blocked([5, 6], 0)  # Faust checks nothing when 0 is committed
+    assert not commit_blocked([30, 31, 33], 30)  # 30-31 may be committed, then it stops
+    assert not commit_blocked([], 30)
+    assert not commit_blocked([7], None)  # nothing committed yet: where it starts is unknown
+
+
+async def test_only_topics_with_holes_of_their_own_get_gaps() -> None:
+    from faust.types import TP
+
+    app = App("test-gaps", broker="kafka://localhost:9", contiguous_topics=frozenset({"clicks"}))
+    consumer = app.consumer
+    clicks, profiles = TP("clicks", 0), TP("profiles", 0)
+    await consumer._add_gap(clicks, 31, 41)  # a seek raced a fetch: records skipped
+    await consumer._add_gap(profiles, 31, 41)  # compaction
+    assert not consumer._gap[clicks]
+    assert consumer._gap[profiles]
+    # The commit stops at the first click not handled; Faust's own rule would pass it.
+    consumer._committed_offset[clicks] = 30
+    consumer._acked[clicks] = [31, 32]
+    assert consumer._new_offset(clicks) is None
+    assert driver.Consumer._new_offset(consumer, clicks) == 33  # what Faust would commit
+    consumer._acked[clicks] = [31, 32]  # (Faust's check took them off the list)
+    consumer._acked[clicks] = [30, 31, 32]
+    assert consumer._new_offset(clicks) == 33
+    consumer._committed_offset[profiles] = 30
+    consumer._acked[profiles] = [41]
+    assert consumer._new_offset(profiles) == 42  # the gap 31-40 counts as handled
+    app.consumer._thread.thread_loop.close()
