@@ -274,3 +274,26 @@ def test_histogram_deltas_count_slow_observations_from_bucket_bounds() -> None:
         "n_100ms_or_more": 2.0,
         "n_1000ms_or_more": 0.0,
     }
+
+
+def test_above_gemm_min_rows_the_ranking_matches_to_the_rounding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One matrix-matrix product for a batch's queries (large catalogs): the same lists,
+    scores equal to about 1e-6, and bit for bit again below the threshold."""
+    index, users, _ = random_world(9001, 24, 12)
+    gates = SceneGates(24)
+    exact = recommend_many(users, index, gates, k=10)
+    monkeypatch.setattr(ranking, "GEMM_MIN_ROWS", 1000)
+    fast = recommend_many(users, index, gates, k=10)
+    differs = 0
+    for want, got in zip(exact, fast, strict=True):
+        assert want.keys() == got.keys()
+        for feed, lst in want.items():
+            assert [s.item_id for s in got[feed]] == [s.item_id for s in lst]
+            for a, b in zip(lst, got[feed], strict=True):
+                assert b.score == pytest.approx(a.score, rel=1e-5, abs=1e-5)
+                differs += a.score != b.score
+    assert differs  # it is the fast path: not bit for bit
+    monkeypatch.setattr(ranking, "GEMM_MIN_ROWS", 10_000)
+    assert recommend_many(users, index, gates, k=10) == exact
