@@ -315,16 +315,15 @@ class ItemIndex:
         """
         stacked = [np.asarray(q, dtype=np.float32) for q in queries]
         sims = np.empty((len(stacked), n), dtype=np.float32)
+        # Fast, not bit for bit (GEMM_MIN_ROWS says how).
+        q_mat = np.stack(stacked) if n >= GEMM_MIN_ROWS and len(stacked) > 1 else None
         with _BLAS.limit(limits=1, user_api="blas"):
-            if n >= GEMM_MIN_ROWS and len(stacked) > 1:  # fast, not bit for bit (see above)
-                q_mat = np.stack(stacked)
-                for start in range(0, n, _ROW_BLOCK):
-                    stop = min(n, start + _ROW_BLOCK)
-                    np.matmul(q_mat, self._mat[start:stop].T, out=sims[:, start:stop])
-                return sims
             for start in range(0, n, _ROW_BLOCK):
                 stop = min(n, start + _ROW_BLOCK)
                 block = self._mat[start:stop]
+                if q_mat is not None:
+                    np.matmul(q_mat, block.T, out=sims[:, start:stop])
+                    continue
                 for r, q in enumerate(stacked):
                     np.matmul(block, q, out=sims[r, start:stop])
         return sims

@@ -78,7 +78,7 @@ async def take_batches(
             # was handled wait out the rest of it; one that comes after a quiet spell
             # longer than the window goes at once.
             deadline = max(loop.time(), handled + window())
-            while len(events) < max_:
+            while True:
                 while len(events) < max_ and not queue.empty():
                     take(queue.get_nowait())
                 left = deadline - loop.time()

@@ -112,7 +112,7 @@ class HoleWatch:
         return out
 
 
-async def reseek(consumer: Any, stuck: Iterable[Any] = (), park_timeout_s: float = 10.0) -> None:
+async def reseek(consumer: Any, stuck: Iterable[Any], park_timeout_s: float = 10.0) -> None:
     """Seek every partition to its committed offset with the fetch loop parked.
 
     ``stop_flow`` makes the fetch loop stop delivering at its next record and wait for
