@@ -417,30 +417,33 @@ class RankQuery:
 
 
 def _median(x: npt.NDArray[np.float64]) -> float:
-    """``float(np.median(x))`` of a non-empty 1-d array, the same way, without its overhead.
+    """``float(np.median(x))`` of a non-empty 1-d array, the same value, at a quarter of the
+    cost on a large array.
 
-    Like numpy: one partition that also moves a NaN (if any) to the end, and the mean of the
-    two middle values as ``(a + b) / 2`` for an even length.
+    One partition at the middle only: numpy's median partitions at two or three places (the
+    middle ones and the last, to find a NaN), and on 100,000 values that took 1.1 ms against
+    0.25 ms for one (docs/benchmarks.md). The other middle value of an even length is the
+    largest of the lower half, and a NaN, which sorts last, is in the upper half. The mean of
+    the two middle values is ``(a + b) / 2``, as numpy computes it.
     """
     m = x.shape[0]
     h = m // 2
-    kth = (h, m - 1) if m % 2 else (h - 1, h, m - 1)
-    part = np.partition(x, kth)
-    if np.isnan(part[-1]):
+    part = np.partition(x, h)
+    if np.isnan(part[h:].max()):
         return math.nan
     if m % 2:
         return float(part[h])
-    return float((part[h - 1] + part[h]) / 2)
+    return float((part[:h].max() + part[h]) / 2)
 
 
 def medians(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """:func:`_median` of each row of a 2-d array with no NaN, with one partition call."""
     m = x.shape[1]
     h = m // 2
+    part = np.partition(x, h, axis=1)
     if m % 2:
-        return np.partition(x, h, axis=1)[:, h]
-    part = np.partition(x, (h - 1, h), axis=1)
-    out: npt.NDArray[np.float64] = (part[:, h - 1] + part[:, h]) / 2
+        return part[:, h]
+    out: npt.NDArray[np.float64] = (part[:, :h].max(axis=1) + part[:, h]) / 2
     return out
 
 

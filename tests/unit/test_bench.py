@@ -110,12 +110,23 @@ def test_batched_ranking_is_the_per_query_ranking_bit_for_bit(n_items: int) -> N
 
 def test_median_and_top_k_match_numpy() -> None:
     rng = np.random.default_rng(3)
-    for m in [*range(1, 30), 1682, 4097]:
-        x = rng.integers(0, 4, m).astype(np.float64) if m % 2 else rng.standard_normal(m)
+    for m in [*range(1, 30), 1682, 4097, 100_000, 100_001]:
+        # Many equal values (the middle ones too), and all distinct, at odd and even lengths.
+        for x in (rng.integers(0, 4, m).astype(np.float64), rng.standard_normal(m)):
+            assert _median(x) == float(np.median(x))
+            for k in (1, 3, 10, m + 2):
+                assert np.array_equal(_stable_top_k(-x, k), np.argsort(-x, kind="stable")[:k])
+    # After one partition at the middle the lower half is unordered: its last value is not
+    # always the other middle one. Draws where it is not, so that case is covered.
+    lower_unordered = 0
+    for _ in range(100):
+        x = rng.standard_normal(1000)
         assert _median(x) == float(np.median(x))
-        for k in (1, 3, 10, m + 2):
-            assert np.array_equal(_stable_top_k(-x, k), np.argsort(-x, kind="stable")[:k])
-    assert np.isnan(_median(np.array([1.0, np.nan, 3.0])))
+        part = np.partition(x, 500)
+        lower_unordered += bool(part[499] != part[:500].max())
+    assert lower_unordered > 0
+    for x in ([1.0, np.nan, 3.0], [np.nan, 1.0], [2.0, 1.0, np.nan, np.nan], [np.nan] * 3):
+        assert np.isnan(_median(np.array(x)))
 
 
 def test_state_codec_round_trips_every_field() -> None:

@@ -243,13 +243,15 @@ def test_leading_terms_at_once_match_one_at_a_time(has_vector: bool) -> None:
         assert one == expected, (j, lifts[:, j])
 
 
-@pytest.mark.parametrize("m", [1, 2, 7, 1682])
+@pytest.mark.parametrize("m", [1, 2, 7, 1682, 1683])
 def test_row_medians_are_the_one_row_median(m: int) -> None:
     from embeddings.ranking import _median, medians
 
     rng = np.random.default_rng(m)
     x = np.round(rng.normal(size=(4, m)), 1)  # rounded: equal values in the middle too
     assert medians(x).tolist() == [_median(row) for row in x]
+    x = rng.normal(size=(100, m))  # distinct values: the lower half is not in order
+    assert medians(x).tolist() == [float(np.median(row)) for row in x]
 
 
 async def test_without_item_item_counts_the_worker_ranks_by_popularity_and_similarity(
