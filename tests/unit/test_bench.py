@@ -18,7 +18,14 @@ from bench import pipeline_bench, profiling, scale_out
 from bench.encoder_cache import CachingEncoderProxy, _key
 from bench.load import max_rate_under_bound, new_user_clicks, under_bound
 from embeddings import ranking
-from embeddings.ranking import ItemIndex, Ranked, _median, _stable_top_k, recommend_many
+from embeddings.ranking import (
+    ItemIndex,
+    Ranked,
+    _median,
+    _repeated_kth,
+    _stable_top_k,
+    recommend_many,
+)
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState
 from embeddings.vectors import normalize
@@ -125,6 +132,40 @@ def test_median_and_top_k_match_numpy() -> None:
         part = np.partition(x, 500)
         lower_unordered += bool(part[499] != part[:500].max())
     assert lower_unordered > 0
+    # Long arrays take the sampled selections: shapes where the sample brackets the answer,
+    # where most values are equal (log popularity of a large catalog), and where the sample
+    # is unrepresentative (every 16th value the largest, or the smallest): the fallbacks.
+    n = 100_000
+    lumpy = np.full(n, -6.9)
+    lumpy[rng.choice(n, 1700, replace=False)] = np.log(rng.integers(1, 9, 1700))
+    strided = rng.standard_normal(n)
+    strided[::16] += 100.0
+    # The sample sees one value repeated where the middle is not (every 16th value is 5.0);
+    # or the middle is the first of a run of equal values (so the lower middle value is not).
+    tied_sample = rng.standard_normal(n)
+    tied_sample[::16] = 5.0
+    run_at_middle = np.zeros(n)
+    unsampled = np.flatnonzero(np.arange(n) % 16)[: n // 2]
+    run_at_middle[unsampled] = -1.0 - rng.random(n // 2)
+    shapes = (lumpy, strided, -strided, tied_sample, -tied_sample, run_at_middle, np.zeros(n))
+    for x in (*shapes, np.round(rng.standard_normal(n), 2)):
+        for m in (n, n - 1):
+            y = x[:m]
+            assert _median(y) == float(np.median(y))
+            for k in (1, 10, 100):
+                want = np.argsort(-y, kind="stable")[:k]
+                assert np.array_equal(_stable_top_k(-y, k), want)
+                assert np.array_equal(_stable_top_k(y, k), np.argsort(y, kind="stable")[:k])
+            for q in (0, 1, m // 3, m // 2, m - 1):
+                value = _repeated_kth(y, q)
+                assert value is None or value == np.partition(y, q)[q]
+    with_nan = rng.standard_normal(n)
+    with_nan[rng.choice(n, n - 5, replace=False)] = np.nan  # fewer comparable keys than k
+    assert np.array_equal(_stable_top_k(with_nan, 10), np.argsort(with_nan, kind="stable")[:10])
+    with_nan = rng.standard_normal(n)
+    with_nan[7] = np.nan
+    assert np.array_equal(_stable_top_k(with_nan, 10), np.argsort(with_nan, kind="stable")[:10])
+    assert np.isnan(_median(with_nan))
     for x in ([1.0, np.nan, 3.0], [np.nan, 1.0], [2.0, 1.0, np.nan, np.nan], [np.nan] * 3):
         assert np.isnan(_median(np.array(x)))
 
