@@ -17,14 +17,20 @@ the user is active in. :func:`recommend_many` scores all of those queries with o
 product (one pass over the item matrix instead of one per query: 10x less memory traffic on
 a 100,000-item catalog) and computes the popularity feature once. The product runs with one
 BLAS thread: OpenBLAS's threads on these small products cost more than they gain, and on a
-loaded machine a 1,682 x 384 product with 2 threads measured 12 ms instead of 0.1 ms.
+loaded machine a 1,682 x 384 product with 2 threads measured 12 ms instead of 0.1 ms. On
+catalogs of two blocks or more, :meth:`ItemIndex.set_threads` shares the blocks among
+threads instead, each block still one single-threaded BLAS call, so every value stays the
+same bit for bit (OpenBLAS's own threads split a product differently and round
+differently).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,6 +73,13 @@ _ROW_BLOCK = 4096
 GEMM_MIN_ROWS = 20_000
 
 
+@functools.cache
+def _block_pool(workers: int) -> ThreadPoolExecutor:
+    """Threads that compute blocks of :meth:`ItemIndex._similarities` beside the caller's
+    (one pool per process and size, not per index: the evaluation deep-copies indexes)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scenerec-rank")
+
+
 @dataclass(frozen=True)
 class Scored:
     item_id: str
@@ -91,8 +104,11 @@ class Ranked:
 class ItemIndex:
     """Item vectors, titles, scenes and live popularity, indexed by row."""
 
-    def __init__(self, dim: int, half_life_s: float = POPULARITY_HALF_LIFE_S) -> None:
+    def __init__(
+        self, dim: int, half_life_s: float = POPULARITY_HALF_LIFE_S, threads: int = 1
+    ) -> None:
         self.dim = dim
+        self.set_threads(threads)
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
         self._titles: list[str] = []
@@ -114,6 +130,17 @@ class ItemIndex:
         self._collab_max_items = max_items
         self.collab = Collaborative(0, config)
         self._grow_collab(self._mat.shape[0])
+
+    def set_threads(self, threads: int) -> None:
+        """Threads that share the blocks of the item product (:meth:`_similarities`).
+
+        numpy releases the GIL inside each block's BLAS call, so on a 100,000 x 384 catalog
+        2 threads took 60.8 ms for 77 queries where one took 108.5 ms (docs/benchmarks.md).
+        Catalogs of one block (up to 4,096 items) always use one.
+        """
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self._threads = threads
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -317,8 +344,9 @@ class ItemIndex:
         sims = np.empty((len(stacked), n), dtype=np.float32)
         # Fast, not bit for bit (GEMM_MIN_ROWS says how).
         q_mat = np.stack(stacked) if n >= GEMM_MIN_ROWS and len(stacked) > 1 else None
-        with _BLAS.limit(limits=1, user_api="blas"):
-            for start in range(0, n, _ROW_BLOCK):
+
+        def products(starts: range) -> None:
+            for start in starts:
                 stop = min(n, start + _ROW_BLOCK)
                 block = self._mat[start:stop]
                 if q_mat is not None:
@@ -326,6 +354,23 @@ class ItemIndex:
                     continue
                 for r, q in enumerate(stacked):
                     np.matmul(block, q, out=sims[r, start:stop])
+
+        starts = range(0, n, _ROW_BLOCK)
+        parts = max(1, min(self._threads, len(starts)))
+        with _BLAS.limit(limits=1, user_api="blas"):
+            if parts == 1:
+                products(starts)
+                return sims
+            # Every part computes whole blocks with the same calls as one thread would, so
+            # the values do not depend on the number of threads. Blocks dealt round-robin.
+            pool = _block_pool(parts - 1)
+            futures: list[Future[None]] = []
+            try:
+                futures = [pool.submit(products, starts[p::parts]) for p in range(1, parts)]
+                products(starts[::parts])
+            finally:
+                for f in futures:  # never return (or raise) while a thread still writes
+                    f.result()
         return sims
 
     def _top(

@@ -111,6 +111,9 @@ class PipelineConfig:
     model_path: str | None = None
     #: Transitions and co-occurrence are kept up to this many catalog items (0: off).
     collab_max_items: int = DEFAULT_MAX_ITEMS
+    #: Threads that share the item product of a catalog over 4,096 items (bit for bit the
+    #: same scores as one; ``ItemIndex.set_threads``).
+    rank_threads: int = 1
 
 
 @dataclass
@@ -153,6 +156,7 @@ class Pipeline:
                     f" items of dimension {self.index.dim}"
                 )
         self.index.set_half_life(self.blend.half_life_s)
+        self.index.set_threads(self.config.rank_threads)
         if self.config.collab_max_items > 0:
             self.index.enable_collaborative(self.blend.collab, self.config.collab_max_items)
         log.info(

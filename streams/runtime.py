@@ -73,6 +73,7 @@ def pipeline_config() -> PipelineConfig:
         colearn_path=str(settings.colearn_path) if settings.colearn_path else None,
         model_path=str(settings.model_path) if settings.model_path else None,
         collab_max_items=settings.collab_max_items,
+        rank_threads=settings.ranking_threads,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any, cast
@@ -352,3 +353,33 @@ def test_above_gemm_min_rows_the_ranking_matches_to_the_rounding(
     assert differs  # it is the fast path: not bit for bit
     monkeypatch.setattr(ranking, "GEMM_MIN_ROWS", 10_000)
     assert recommend_many(users, index, gates, k=10) == exact
+
+
+@pytest.mark.parametrize("gemm_min_rows", [10_000, 1000])  # per-query products, then GEMM
+def test_threads_share_the_blocks_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, gemm_min_rows: int
+) -> None:
+    """Blocks dealt among threads: the same similarities and lists as one thread, on both
+    product paths, and the threads really run (a block computed off the caller's thread)."""
+    monkeypatch.setattr(ranking, "GEMM_MIN_ROWS", gemm_min_rows)
+    index, users, vecs = random_world(9001, 24, 12)  # three row blocks
+    queries = [normalize(v) for v in vecs[:7] + vecs[7:14]]
+    one = index.similarities(queries)
+    lists = recommend_many(users, index, SceneGates(24), k=10)
+    callers: set[str] = set()
+    real = ranking.np.matmul
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        callers.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    for threads in (2, 3, 5):
+        index.set_threads(threads)
+        monkeypatch.setattr(ranking.np, "matmul", spy)
+        got = index.similarities(queries)
+        monkeypatch.setattr(ranking.np, "matmul", real)
+        assert np.array_equal(got, one)
+        assert recommend_many(users, index, SceneGates(24), k=10) == lists
+    assert any(name.startswith("scenerec-rank") for name in callers)
+    with pytest.raises(ValueError, match="threads"):
+        index.set_threads(0)
