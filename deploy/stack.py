@@ -53,6 +53,7 @@ def encoder_config(settings: Settings) -> EncoderAppConfig:
         num_replicas=settings.encoder_replicas,
         num_gpus=1.0 if settings.encoder_device.startswith("cuda") else 0.0,
         max_batch_size=settings.encoder_max_batch_size,
+        encode_batch_size=settings.encoder_pass_size,
         # Ray pins a replica to its logical CPUs (1 thread); on a CPU-only host the encoder
         # is the heavy part, so by default its replicas share all cores.
         torch_threads=settings.encoder_torch_threads

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     encoder_device: str = "cpu"
     encoder_replicas: int = 1
     encoder_max_batch_size: int = 64
+    #: Texts per forward pass in a replica; 0: by device (16 on CPU, 64 on CUDA; see
+    #: ``serving.encoder_app.EncoderAppConfig.forward_batch``).
+    encoder_pass_size: int = Field(default=0, ge=0)
     encoder_torch_threads: int | None = None
 
     # --- worker ----------------------------------------------------------------------------

@@ -104,6 +104,14 @@ def test_config_ties_gpus_to_device() -> None:
         EncoderAppConfig(device="cuda", num_gpus=0)
 
 
+def test_forward_pass_size_by_device_unless_set() -> None:
+    assert EncoderAppConfig().forward_batch == 16
+    assert EncoderAppConfig.for_device("cuda").forward_batch == 64
+    assert EncoderAppConfig(encode_batch_size=32).forward_batch == 32
+    with pytest.raises(ValueError, match="encode_batch_size"):
+        EncoderAppConfig(encode_batch_size=-1)
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
