@@ -21,7 +21,6 @@ import logging
 import os
 import platform
 import random
-import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deploy.ports import free_port
 from serving.client import EncoderClient
 
 if TYPE_CHECKING:
@@ -47,12 +47,6 @@ def make_texts(n: int, seed: int = 7) -> list[str]:
     """Deterministic catalogue-like descriptions of 8 to 60 words."""
     rng = random.Random(seed)
     return [" ".join(rng.choices(WORDS, k=rng.randint(8, 60))) for _ in range(n)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bench_bare(enc: SentenceEncoder, texts: list[str], batch: int) -> float:
@@ -191,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serving.encoder_app import EncoderAppConfig
 
         t0 = time.perf_counter()
-        url = start_serve(EncoderAppConfig(torch_threads=args.threads), http_port=_free_port())
+        url = start_serve(EncoderAppConfig(torch_threads=args.threads), http_port=free_port())
         ray_start_s = round(time.perf_counter() - t0, 1)
     else:
         url = args.url

@@ -32,7 +32,8 @@ import numpy.typing as npt
 from aiohttp import web
 from tqdm import tqdm
 
-from bench.stack import free_port, http_get
+from bench.stack import http_get
+from deploy.ports import free_port
 from embeddings.fusion import item_text
 from serving.client import EncoderClient
 

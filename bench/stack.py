@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -30,17 +29,12 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from deploy.ports import free_port
 from scenerec.config import Settings
 
 log = logging.getLogger("bench.stack")
 
 CLICK_TOPIC = "events.click"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine() -> str:

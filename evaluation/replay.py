@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from deploy.ports import free_port
 from evaluation.pipeline_model import (
     METRICS,
     ModeResult,
@@ -211,12 +211,6 @@ def _ready_items(url: str) -> int:
         return -1  # not up yet (503 included)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -229,7 +223,7 @@ def private_stack() -> Iterator[Settings]:
     var_dir = Path(tempfile.mkdtemp(prefix="scenerec-replay-"))
     tag = uuid.uuid4().hex[:8]
     ports = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "SERVE_PORT", "RAY_METRICS_PORT")
-    env = {f"SCENEREC_{name}": str(_free_port()) for name in (*ports, "WORKER_WEB_PORT")}
+    env = {f"SCENEREC_{name}": str(free_port()) for name in (*ports, "WORKER_WEB_PORT")}
     env |= {
         "SCENEREC_VAR_DIR": str(var_dir),
         "SCENEREC_APP_ID": f"scenerec-replay-{tag}",

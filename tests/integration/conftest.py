@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -27,6 +26,7 @@ import numpy as np
 import orjson
 import pytest
 
+from deploy.ports import free_port
 from scenerec.config import Settings
 from scenerec.datasets import load_ml100k
 from scenerec.kafka import assigned_partitions, consumer, ensure_topics, producer
@@ -38,12 +38,6 @@ log = logging.getLogger("scenerec.tests")
 N_ITEMS = 60
 
 SCENES = "action,comedy,drama,family,scifi,thriller"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.kafka_local import LocalKafka
+from deploy.ports import free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -25,19 +25,12 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def kafka(tmp_path: Path) -> Iterator[LocalKafka]:
-    port = _free_port()
-    controller_port = _free_port()
+    port = free_port()
+    controller_port = free_port()
     while controller_port == port:
-        controller_port = _free_port()
+        controller_port = free_port()
     broker = LocalKafka(tmp_path / "kafka", port=port, controller_port=controller_port)
     try:
         started = time.monotonic()

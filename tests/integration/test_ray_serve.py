@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from deploy.ports import free_port
 from deploy.ray_serve import ray_head_running, start_serve, stop_serve
 from embeddings.encoder import SentenceEncoder
 from serving.client import EncoderClient, EncoderError
@@ -20,12 +20,6 @@ TOPICS = ["space opera", "cooking show", "football match", "jazz concert", "crim
 TEXTS = [f"{TOPICS[i % 5]} number {i}: " + "very " * (i % 9) + "good" for i in range(50)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def encoder_url() -> Iterator[str]:
     if ray_head_running():
@@ -34,7 +28,7 @@ def encoder_url() -> Iterator[str]:
     try:
         yield start_serve(
             EncoderAppConfig(max_batch_size=16, batch_wait_timeout_s=0.01, torch_threads=2),
-            http_port=_free_port(),
+            http_port=free_port(),
         )
     finally:
         stop_serve()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
+from deploy.ports import free_port
 from embeddings.encoder import EncoderLoadError, SentenceEncoder, default_model_path
 from serving.client import EncoderClient, EncoderError, EncoderUnavailable
 from serving.encoder_app import (
@@ -232,12 +232,6 @@ class _FakeEncoder:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def fake_server() -> AsyncIterator[tuple[_FakeEncoder, str, web.AppRunner]]:
     fake = _FakeEncoder()
@@ -245,7 +239,7 @@ async def fake_server() -> AsyncIterator[tuple[_FakeEncoder, str, web.AppRunner]
     app.router.add_post("/encoder", fake.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield fake, f"http://127.0.0.1:{port}/encoder", runner
@@ -301,7 +295,7 @@ async def test_client_does_not_retry_4xx(
 
 
 async def test_client_unreachable_server() -> None:
-    client = EncoderClient(f"http://127.0.0.1:{_free_port()}/encoder", retries=1, backoff_s=0.01)
+    client = EncoderClient(f"http://127.0.0.1:{free_port()}/encoder", retries=1, backoff_s=0.01)
     try:
         with pytest.raises(EncoderUnavailable):
             await client.encode(["abc"])
