@@ -161,13 +161,14 @@ class Pipeline:
             self.index.enable_collaborative(self.blend.collab, self.config.collab_max_items)
         log.info(
             "ranking blend from %s: weights %s by tenure %s, %s, learned global gate: %s,"
-            " item-item counts up to %d items",
+            " item-item counts up to %d items, %d thread(s) for the item product",
             self.config.model_path or "the built-in default",
             self.blend.blend.weights,
             self.blend.blend.edges,
             self.blend.collab,
             "yes" if self.blend.global_gate is not None else "no",
             self.config.collab_max_items,
+            self.config.rank_threads,
         )
         self.kg = HashedEntityEmbedding(self.index.dim)
         self._scenes = frozenset(self.config.scenes)
