@@ -129,7 +129,7 @@ class EncoderReplica:
         model_path: str | None = None,
         device: str = "cpu",
         torch_threads: int | None = None,
-        encode_batch_size: int = 16,
+        encode_batch_size: int = 0,
     ) -> None:
         # Imported here so the launcher (which only builds the app) does not load torch.
         from embeddings.encoder import SentenceEncoder
@@ -137,7 +137,10 @@ class EncoderReplica:
         self._encoder: SentenceEncoder = SentenceEncoder(
             Path(model_path) if model_path else None, device=device, torch_threads=torch_threads
         )
-        self._encode_batch_size = encode_batch_size
+        # 0: by device, as the app's config decides (one place for that rule).
+        self._encode_batch_size = EncoderAppConfig.for_device(
+            device, encode_batch_size=encode_batch_size
+        ).forward_batch
         self._batch_metric, self._seconds_metric = encoder_metrics()
         # Warm-up so the first real request does not pay for lazy kernel initialisation.
         self._encoder.encode(["warm up"])

@@ -112,6 +112,13 @@ def test_forward_pass_size_by_device_unless_set() -> None:
         EncoderAppConfig(encode_batch_size=-1)
 
 
+def test_replica_takes_its_pass_size_from_the_config_rule() -> None:
+    from serving.encoder_app import EncoderReplica
+
+    assert EncoderReplica()._encode_batch_size == 16  # 0 by default: by device (CPU)
+    assert EncoderReplica(encode_batch_size=8)._encode_batch_size == 8
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
