@@ -9,6 +9,7 @@ pydantic's strict mode gives exact, per-field errors where Faust's coercion woul
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -147,9 +148,21 @@ def parse_event(raw: bytes | None, record: type[T], *, max_bytes: int, max_text_
     return event
 
 
+#: Free-text fields, held to ``max_text_chars`` wherever a record has them.
+TEXT_FIELDS = ("text", "profile_text", "description")
+
+
+@functools.cache
+def _text_fields(record: type[BaseModel]) -> tuple[str, ...]:
+    # Looked up once per record class: ``getattr(event, name, None)`` on a field a pydantic
+    # model lacks goes through its ``__getattr__`` and an AttributeError, which was two
+    # thirds of parsing a click (6.6 of 9.8 us).
+    return tuple(name for name in TEXT_FIELDS if name in record.model_fields)
+
+
 def _check_text(event: BaseModel, limit: int) -> None:
-    for name in ("text", "profile_text", "description"):
-        value = getattr(event, name, None)
+    for name in _text_fields(type(event)):
+        value = getattr(event, name)
         if isinstance(value, str) and len(value) > limit:
             raise BadEvent("text_too_long", f"{name} has {len(value)} characters, limit {limit}")
 
