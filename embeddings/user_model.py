@@ -58,14 +58,27 @@ class UserState:
     #: Other users' global vectors that pulled this one (follow, like, share), latest last.
     pulled_by: dict[str, Vector] = field(default_factory=dict)
     last_event_id: str | None = None
+    #: ``applied`` as a set, built on the first look-up: a scan of up to 1,024 ids per
+    #: event showed in the worker's profile. Not state: the codec keeps ``applied``.
+    _applied_ids: set[str] | None = field(default=None, repr=False, compare=False)
 
     # --- idempotence ----------------------------------------------------------------------
     def already_applied(self, event_id: str) -> bool:
-        return event_id in self.applied
+        return event_id in self._applied_set()
 
     def mark_applied(self, event_id: str) -> None:
-        self.applied.append(event_id)
+        ids = self._applied_set()
+        if event_id not in ids:  # one entry per id: the set and the deque stay the same
+            if len(self.applied) == self.applied.maxlen:
+                ids.discard(self.applied[0])  # the deque drops it on the append below
+            self.applied.append(event_id)
+            ids.add(event_id)
         self.last_event_id = event_id
+
+    def _applied_set(self) -> set[str]:
+        if self._applied_ids is None:
+            self._applied_ids = set(self.applied)
+        return self._applied_ids
 
     # --- event kinds ----------------------------------------------------------------------
     def apply_item(self, item_id: str, item_vec: Vector, scene: str, weight: float = 1.0) -> None:

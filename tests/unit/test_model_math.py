@@ -9,7 +9,7 @@ from embeddings.colearn import CoLearnConfig, CoLearner, SceneRelations
 from embeddings.kg import HashedEntityEmbedding
 from embeddings.ranking import ItemIndex, fact_label, recommend
 from embeddings.scenes import SceneGates
-from embeddings.user_model import SCENE_PRIOR, UserState
+from embeddings.user_model import APPLIED_EVENTS, SCENE_PRIOR, UserState
 from embeddings.vectors import move_toward, normalize
 from streams import state as codec
 
@@ -257,3 +257,19 @@ def test_normalize_and_move_toward_equal_the_linalg_formula_bit_for_bit() -> Non
         assert np.array_equal(move_toward(v, target, rate), _normalize_reference(step))
     m = rng.standard_normal((5, 384)).astype(np.float32)
     assert np.array_equal(normalize(m), _normalize_reference(m))
+
+
+def test_applied_ids_are_a_window_of_the_last_1024() -> None:
+    s = UserState()
+    for i in range(APPLIED_EVENTS + 3):
+        assert not s.already_applied(f"e{i}")
+        s.mark_applied(f"e{i}")
+    # The oldest three fell out of the window (as the deque alone let them), the rest are in.
+    assert [s.already_applied(f"e{i}") for i in range(4)] == [False, False, False, True]
+    assert s.already_applied(f"e{APPLIED_EVENTS + 2}") and len(s.applied) == APPLIED_EVENTS
+    s.mark_applied("e5")  # marked again: still one entry, still the last event
+    assert len(s.applied) == APPLIED_EVENTS and s.last_event_id == "e5"
+    assert s.applied.count("e5") == 1
+    # Decoded from the changelog, the window is the same.
+    back = codec.loads(codec.dumps(s))
+    assert [back.already_applied(f"e{i}") for i in range(4)] == [False, False, False, True]
