@@ -29,8 +29,23 @@ from pathlib import Path
 from typing import Any
 
 #: (bucket, substrings of a frame's file path or function); first match in this order wins.
+#: Item statistics are counted on every click (``ItemIndex.record_click`` lives in ranking.py
+#: and calls the item-item terms' modules), so that rule comes before ranking's. The blend
+#: and its item-item terms are ranking too: before they were listed they fell to "pipeline,
+#: other", the caller's bucket, which then read as the worker's own overhead.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ranking (embeddings/ranking.py)", ("embeddings/ranking.py", "embeddings/popularity.py")),
+    ("item statistics (ItemIndex.record_click)", ("ItemIndex.record_click",)),
+    (
+        "ranking (ranking.py, blended.py, item-item terms)",
+        (
+            "embeddings/ranking.py",
+            "embeddings/popularity.py",
+            "embeddings/blended.py",
+            "embeddings/collaborative.py",
+            "embeddings/cooccurrence.py",
+            "embeddings/transitions.py",
+        ),
+    ),
     ("state codec (streams/state.py)", ("streams/state.py",)),
     ("vector store upserts (vectorstore/)", ("vectorstore/",)),
     ("user model update (embeddings/user_model.py)", ("embeddings/user_model.py",)),

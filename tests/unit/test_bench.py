@@ -258,16 +258,22 @@ def test_profile_buckets_use_the_main_thread_and_priority_rules(tmp_path: Path) 
     raw = tmp_path / "p.raw"
     raw.write_text(
         "thread (1): MainThread;run (faust/worker.py:1);on_clicks (streams/pipeline.py:3);"
-        "rank (embeddings/ranking.py:9) 30\n"
+        "rank (embeddings/ranking.py:9) 20\n"
+        "thread (1): MainThread;on_clicks (streams/pipeline.py:3);"
+        "recommend_blended (embeddings/blended.py:7) 10\n"
+        "thread (1): MainThread;on_clicks (streams/pipeline.py:3);"
+        "ItemIndex.record_click (embeddings/ranking.py:2);"
+        "observe (embeddings/collaborative.py:1) 5\n"
         "thread (1): MainThread;run (faust/worker.py:1);send (aiokafka/producer/producer.py:2) 10\n"
         "thread (1): MainThread;run (faust/worker.py:1) 10\n"
         "thread (2): AIOKafkaConsumerThread;fetch (aiokafka/consumer/fetcher.py:5) 50\n"
     )
     s = profiling.summarize(profiling.read_collapsed(raw), seconds=1.0, rate=100)
-    buckets = {b["name"]: b["share"] for b in s["buckets"]}
-    assert buckets["ranking (embeddings/ranking.py)"] == 0.6
-    assert buckets["produce: faust topic send + aiokafka producer"] == 0.2
-    assert s["active_share"] == 0.5 and s["threads_busy_share"]["AIOKafkaConsumerThread"] == 0.5
+    buckets = {b["name"]: b["samples"] for b in s["buckets"]}
+    assert buckets["ranking (ranking.py, blended.py, item-item terms)"] == 30
+    assert buckets["item statistics (ItemIndex.record_click)"] == 5
+    assert buckets["produce: faust topic send + aiokafka producer"] == 10
+    assert s["active_share"] == 0.55 and s["threads_busy_share"]["AIOKafkaConsumerThread"] == 0.5
     assert "ranking" in profiling.text_report(s, "t")
 
 
