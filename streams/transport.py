@@ -34,6 +34,8 @@ from faust import transport
 from faust.transport.drivers import aiokafka as driver
 from faust.types import ProducerT, TransportT
 
+from streams.eager import EagerFirst
+
 log = logging.getLogger(__name__)
 
 
@@ -60,8 +62,9 @@ def commit_blocked(acked: Sequence[int], committed: int | None) -> bool:
     return bool(acked) and committed is not None and min(acked) > committed
 
 
-class Consumer(driver.Consumer):
-    """Faust's consumer, which never counts an offset of a gap-free topic as done unhandled.
+class Consumer(EagerFirst, driver.Consumer):
+    """Faust's consumer, which never counts an offset of a gap-free topic as done unhandled,
+    and hands each fetched message on without a task per message (``streams.eager``).
 
     Faust's fetch loop treats a jump in the offsets it delivers (``offset > read offset +
     1``) as a gap, and its commits count a gap as handled. On a compacted topic that is
