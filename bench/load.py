@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tqdm import tqdm
 
-from bench.stack import CLICK_TOPIC, Worker, events_counted, percentiles
+from bench.stack import CLICK_TOPIC, Worker, events_counted, metric_samples, percentiles
 from scenerec.config import Settings
 from scenerec.datasets import Dataset
 from scenerec.kafka import client_kwargs, consumer, producer
@@ -180,8 +180,10 @@ async def throughput(
     try:
         await asyncio.sleep(warmup_s)
         start_count, t0 = await count(), time.monotonic()
+        shape0 = await batch_shape(worker)
         await asyncio.sleep(window_s)
         end_count, t1 = await count(), time.monotonic()
+        shape1 = await batch_shape(worker)
     finally:
         done.set()
         for t in tasks:
@@ -190,12 +192,37 @@ async def throughput(
         await prod.flush()
         await prod.stop()
     drain_s = await drain(worker, base + published)
+    handled = end_count - start_count
+    batches = shape1["batches"] - shape0["batches"]
     return {
-        "events_per_s": (end_count - start_count) / (t1 - t0),
+        "events_per_s": handled / (t1 - t0),
         "window_s": t1 - t0,
-        "events_in_window": end_count - start_count,
+        "events_in_window": handled,
         "published": float(published),
         "drain_s": drain_s,
+        # What the rate depends on besides code: how many clicks a batch held, and how
+        # many users' lists were ranked per click (one per user touched by a batch).
+        "mean_batch_events": (shape1["events"] - shape0["events"]) / batches if batches else 0.0,
+        "lists_per_event": (shape1["lists"] - shape0["lists"]) / handled if handled else 0.0,
+    }
+
+
+async def batch_shape(worker: Worker) -> dict[str, float]:
+    """Click batches handled, the events in them, and recommendation lists emitted so far."""
+    hist = {
+        s.name: float(s.value)
+        for s in await metric_samples(worker, "scenerec_batch_events")
+        if s.labels.get("topic") == CLICK_TOPIC and s.name.endswith(("_count", "_sum"))
+    }
+    lists = sum(
+        float(s.value)
+        for s in await metric_samples(worker, "scenerec_recommendations")
+        if s.name == "scenerec_recommendations_total"
+    )
+    return {
+        "batches": hist.get("scenerec_batch_events_count", 0.0),
+        "events": hist.get("scenerec_batch_events_sum", 0.0),
+        "lists": lists,
     }
 
 

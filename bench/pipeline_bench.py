@@ -226,9 +226,15 @@ class Run:
                 tp["events_per_s"] / ceiling, 4
             )
         self.result.setdefault("throughput_detail", {})[key] = {
-            k: round(v, 1) if isinstance(v, float) else v for k, v in tp.items()
+            k: round(v, 3) if isinstance(v, float) else v for k, v in tp.items()
         }
-        log.info("throughput, catalog %d: %.1f events/s", catalog, tp["events_per_s"])
+        log.info(
+            "throughput, catalog %d: %.1f events/s (%.0f clicks per batch, %.3f lists per click)",
+            catalog,
+            tp["events_per_s"],
+            tp["mean_batch_events"],
+            tp["lists_per_event"],
+        )
         if catalog != ML100K:
             lane.stop_all()
 
