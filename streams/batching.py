@@ -80,7 +80,10 @@ async def take_batches(
             deadline = max(loop.time(), handled + window())
             while True:
                 while len(events) < max_ and not queue.empty():
-                    take(queue.get_nowait())
+                    # As many as are queued at once: ``empty()`` per event showed in the
+                    # profile. (Not empty with nothing queued: an error to raise, so one.)
+                    for _ in range(min(max_ - len(events), queue.qsize()) or 1):
+                        take(queue.get_nowait())
                 left = deadline - loop.time()
                 if len(events) >= max_ or left <= 0:
                     break
