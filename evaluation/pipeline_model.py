@@ -61,7 +61,8 @@ Payload = dict[str, Any]
 
 #: The metrics of EVALUATION.md's Protocol B (Recall of one target is Hit).
 METRICS = (HIT, NDCG, MRR)
-#: Catalog messages per pipeline call, the worker's default ``batch_max``.
+#: Messages per pipeline call in bulk steps: the worker's default ``catalog_batch_max``.
+#: (The warm-up's state does not depend on it: clicks are applied one by one, in order.)
 CATALOG_BATCH = 500
 
 

@@ -183,7 +183,7 @@ class Runtime(Service):
             settings.topic(CATALOG.name),
             settings.var_dir / f"catalog-positions-{settings.app_id}.json",
             pipeline,
-            settings.batch_max,
+            settings.catalog_batch_max,
         )
         # on_stop closes the consumer when the worker shuts down: that ends the reader.
         with contextlib.suppress(ConsumerStoppedError):
