@@ -204,11 +204,14 @@ async def throughput(
         # many users' lists were ranked per click (one per user touched by a batch).
         "mean_batch_events": (shape1["events"] - shape0["events"]) / batches if batches else 0.0,
         "lists_per_event": (shape1["lists"] - shape0["lists"]) / handled if handled else 0.0,
+        # The share of the window the worker's event loop stood still in Python's GC.
+        "gc_share": (shape1["gc_s"] - shape0["gc_s"]) / (t1 - t0),
     }
 
 
 async def batch_shape(worker: Worker) -> dict[str, float]:
-    """Click batches handled, the events in them, and recommendation lists emitted so far."""
+    """Click batches handled, the events in them, recommendation lists emitted and seconds
+    spent in garbage collection, so far."""
     hist = {
         s.name: float(s.value)
         for s in await metric_samples(worker, "scenerec_batch_events")
@@ -219,10 +222,16 @@ async def batch_shape(worker: Worker) -> dict[str, float]:
         for s in await metric_samples(worker, "scenerec_recommendations")
         if s.name == "scenerec_recommendations_total"
     )
+    gc_s = sum(
+        float(s.value)
+        for s in await metric_samples(worker, "scenerec_gc_pause_seconds")
+        if s.name == "scenerec_gc_pause_seconds_sum"
+    )
     return {
         "batches": hist.get("scenerec_batch_events_count", 0.0),
         "events": hist.get("scenerec_batch_events_sum", 0.0),
         "lists": lists,
+        "gc_s": gc_s,
     }
 
 

@@ -229,11 +229,13 @@ class Run:
             k: round(v, 3) if isinstance(v, float) else v for k, v in tp.items()
         }
         log.info(
-            "throughput, catalog %d: %.1f events/s (%.0f clicks per batch, %.3f lists per click)",
+            "throughput, catalog %d: %.1f events/s (%.0f clicks per batch, %.3f lists per"
+            " click, %.1f%% of the time in GC)",
             catalog,
             tp["events_per_s"],
             tp["mean_batch_events"],
             tp["lists_per_event"],
+            100 * tp["gc_share"],
         )
         if catalog != ML100K:
             lane.stop_all()
