@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # low rates batches stay small (the window below), so latency does not change. Faust's
     # agent queue holds 4,096 events.
     batch_max: int = Field(default=4000, ge=1)
+    # ... and it closes once it holds this many users' events: handling costs per user (at
+    # 1,682 items ~2 ms each to rank), and a batch of 4,000 new users stalled the worker's
+    # event loop past the bench's 5 s metrics request.
+    batch_max_users: int = Field(default=500, ge=1)
     # The catalog goes through the encoder: 500 items are a few seconds of a CPU replica,
     # which clicks on items not yet indexed wait out (SCENEREC_UNKNOWN_ITEM_WAIT_S).
     catalog_batch_max: int = Field(default=500, ge=1)

@@ -30,8 +30,11 @@ rank the same users again and again. So the window is a callable, read when a ba
 event arrives; the agents (``streams/agents``) lengthen it after a slow batch. It runs from
 the end of the previous batch, so under load a batch gathers what queued while the last one
 was handled plus the rest of the window, and after a quiet spell an event goes at once. A
-batch also goes out as soon as it holds ``max_`` events. While the queue is empty nothing
-wakes up.
+batch also goes out as soon as it holds ``max_`` events, or events of ``max_keys``
+distinct keys: the agents key by user, and a batch's handling costs per user it touches
+(each is ranked once), so the second bound keeps a batch of many users from stalling the
+event loop for seconds, while one of a few users' many clicks can grow to ``max_``. While
+the queue is empty nothing wakes up.
 """
 
 from __future__ import annotations
@@ -48,17 +51,26 @@ POLL_S = 0.002
 
 
 async def take_batches(
-    stream: faust.StreamT[Any], max_: int, window: Callable[[], float]
+    stream: faust.StreamT[Any],
+    max_: int,
+    window: Callable[[], float],
+    max_keys: int | None = None,
 ) -> AsyncIterator[list[faust.EventT[Any]]]:
     """Lists of 1 to ``max_`` events: out ``window()`` s after the last batch was handled
-    (at once after a quiet spell), or as soon as ``max_`` are in."""
+    (at once after a quiet spell), or as soon as ``max_`` are in, or as soon as they hold
+    ``max_keys`` distinct message keys (users: what a batch's handling costs per)."""
     s: Any = stream  # the channel queue and the consumer are not on the StreamT protocol
     await s.maybe_start()
     queue = s.channel.queue
     app = s.app
     loop = asyncio.get_running_loop()
     events: list[faust.EventT[Any]] = []
+    keys: set[bytes | None] = set()
+    key_cap = max_keys if max_keys is not None else math.inf
     handled = -math.inf  # when the last batch was handed back
+
+    def full() -> bool:
+        return len(events) >= max_ or len(keys) >= key_cap
 
     def take(item: Any) -> None:
         if not isinstance(item, faust.EventT):
@@ -70,6 +82,7 @@ async def take_batches(
             message.tracked = True
             app.consumer.track_message(message)
         events.append(item)
+        keys.add(message.key)
 
     while not s.should_stop:
         try:
@@ -79,13 +92,15 @@ async def take_batches(
             # longer than the window goes at once.
             deadline = max(loop.time(), handled + window())
             while True:
-                while len(events) < max_ and not queue.empty():
+                while not full() and not queue.empty():
                     # As many as are queued at once: ``empty()`` per event showed in the
                     # profile. (Not empty with nothing queued: an error to raise, so one.)
                     for _ in range(min(max_ - len(events), queue.qsize()) or 1):
                         take(queue.get_nowait())
+                        if len(keys) >= key_cap:
+                            break
                 left = deadline - loop.time()
-                if len(events) >= max_ or left <= 0:
+                if full() or left <= 0:
                     break
                 await asyncio.sleep(min(left, POLL_S))
         except StopAsyncIteration:
@@ -96,6 +111,7 @@ async def take_batches(
             continue
         batch = list(events)
         events.clear()
+        keys.clear()
         yield batch
         # Only once the caller asks for the next batch: it has handled this one.
         for event in batch:

@@ -63,6 +63,7 @@ async def consume(
     batch_max: int,
     within_s: float,
     within_max_s: float,
+    batch_max_users: int | None = None,
 ) -> None:
     """Batches off ``stream`` into ``handler``; a batch is acked only once handled.
 
@@ -80,7 +81,7 @@ async def consume(
     def window() -> float:
         return batch_window(handled_s, within_s, within_max_s)
 
-    async for events in take_batches(stream, batch_max, window):
+    async for events in take_batches(stream, batch_max, window, batch_max_users):
         started = time.perf_counter()
         metrics.batch_gather_seconds.labels(topic).observe(started - ended)
         metrics.batch_events.labels(topic).observe(len(events))

@@ -22,4 +22,5 @@ async def process_clicks(stream: faust.StreamT[bytes]) -> None:
         settings.batch_max,
         settings.batch_within_s,
         settings.batch_within_max_s,
+        settings.batch_max_users,
     )

@@ -16,6 +16,7 @@ app = faust.App("test-batching", store="memory://", autodiscover=False)
 @dataclass
 class Plan:
     max_: int = 10
+    max_keys: int | None = None
     windows: list[float] = field(default_factory=lambda: [0.05])  # one per batch, last repeats
     handle_s: float = 0.0  # time the "handler" takes per batch
     batches: list[list[Any]] = field(default_factory=list)
@@ -34,7 +35,7 @@ plan = Plan()
 @app.agent()
 async def batcher(stream: faust.StreamT[Any]) -> None:
     previous: list[Any] = []
-    async for events in take_batches(stream, plan.max_, plan.window):
+    async for events in take_batches(stream, plan.max_, plan.window, plan.max_keys):
         # The previous batch's events are acked once this one is asked for, not before.
         plan.acked_before_next.append(all(e.message.acked for e in previous))
         assert not any(e.message.acked for e in events)
@@ -185,3 +186,20 @@ async def test_after_a_quiet_spell_an_event_goes_at_once() -> None:
         second = loop.time() - t1
     assert plan.batches == [["a"], ["b"]]
     assert first < 0.5 and second < 0.5  # neither waited out the 1 s window
+
+
+async def test_a_batch_closes_once_it_holds_max_keys_users() -> None:
+    global plan
+    plan = Plan(max_=100, max_keys=3, windows=[5.0])
+    users = [b"a", b"a", b"b", b"a", b"c", b"c", b"a", b"d"]
+    async with batcher.test_context() as ctx:
+        t0 = asyncio.get_running_loop().time()
+        for i, user in enumerate(users):
+            await ctx.put(i, key=user, wait=False)
+        await seen(5)
+        # Out at once, with the third user's first event: not after the 5 s window.
+        assert asyncio.get_running_loop().time() - t0 < 2.0
+        assert plan.batches[0] == [0, 1, 2, 3, 4]
+        await seen(8)  # c, a, d: three users again
+        assert asyncio.get_running_loop().time() - t0 < 2.0
+    assert plan.batches[1] == [5, 6, 7]
