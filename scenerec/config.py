@@ -141,6 +141,14 @@ class Settings(BaseSettings):
     #: (the same scores, bit for bit, as one thread). 0: one per CPU this process may run
     #: on, at most 4. At 100,000 items the product was a third of the worker on one thread.
     rank_threads: int = Field(default=0, ge=0, le=64)
+    #: Once started, the worker moves what it holds into the collector's permanent
+    #: generation (``gc.freeze``): full collections stop scanning Faust, aiokafka, numpy
+    #: and the item index over and over. With batches of 4,000 the worker spent 16% of
+    #: the throughput window in GC (docs/benchmarks.md).
+    gc_freeze: bool = True
+    #: Allocations between young-generation collections (Python's default: 700). 0 keeps
+    #: the interpreter's setting.
+    gc_threshold0: int = Field(default=0, ge=0)
 
     @field_validator("scenes", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -128,6 +129,21 @@ def load_index(store: VectorStore, dim: int) -> ItemIndex:
     return index
 
 
+def tune_gc(freeze: bool, threshold0: int) -> None:
+    """Take what the worker holds once started out of the collector's scans (and set the
+    young generation's threshold): SCENEREC_GC_FREEZE, SCENEREC_GC_THRESHOLD0."""
+    if threshold0:
+        gc.set_threshold(threshold0, *gc.get_threshold()[1:])
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    log.info(
+        "garbage collector: %d objects frozen, thresholds %s",
+        gc.get_freeze_count(),
+        gc.get_threshold(),
+    )
+
+
 @app.service
 class Runtime(Service):
     """Opens the vector store and the encoder client; closes them on shutdown."""
@@ -170,6 +186,7 @@ class Runtime(Service):
                 metrics=metrics,
             )
         )
+        tune_gc(settings.gc_freeze, settings.gc_threshold0)
 
     @Service.task
     async def _read_catalog(self) -> None:

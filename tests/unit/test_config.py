@@ -57,3 +57,18 @@ def test_secrets_stay_out_of_logs_configs_and_errors(
         Settings(partitions=0)
     assert "hunter2" not in str(err.value)
     assert "hunter2" not in caplog.text
+
+
+def test_tune_gc_freezes_and_sets_the_young_threshold() -> None:
+    import gc
+
+    from streams.runtime import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(freeze=True, threshold0=12345)
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (12345, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
