@@ -120,7 +120,11 @@ class Settings(BaseSettings):
     # 271 ms with 10 ms on a fresh worker, docs/benchmarks.md).
     batch_within_s: float = Field(default=0.01, gt=0)
     # The window grows up to this while batches take long to handle (streams/batching.py).
-    batch_within_max_s: float = Field(default=0.1, gt=0)
+    # Off by default (equal to the short window) since batches hold up to 4,000 events:
+    # under a backlog they fill from the queue anyway, and at 1,000 clicks/s a window grown
+    # after one slow batch made the next ones slower, in bursts of seconds (p99 126.2 and
+    # 138.5 ms without growth, 272.7 with it up to 0.1 s; docs/benchmarks.md).
+    batch_within_max_s: float = Field(default=0.01, gt=0)
     #: Longest a worker's Kafka fetch waits for data (Faust's own is a fixed 1,500). A fetch
     #: that waits on idle topics holds back every click (streams/transport.py): 20 removed
     #: the 0.5-1.7 s stalls at 1,000 clicks/s (docs/benchmarks.md, "The fetch stall").

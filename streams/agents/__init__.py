@@ -22,9 +22,11 @@ Handler = Callable[[Pipeline, Sequence[Incoming]], Awaitable[None]]
 RETRIES = 3
 
 #: A batch that took longer than this many short windows to handle counts as slow, and the
-#: next window grows. Batches of the ml-100k catalog took 10-30 ms at 100-1,000 clicks/s,
-#: where a longer window only adds latency. Batches of a 100,000-item catalog took hundreds
-#: of ms, where small batches rank the same users again and again (docs/benchmarks.md).
+#: next window grows, up to ``SCENEREC_BATCH_WITHIN_MAX_S`` (by default the short window
+#: itself: no growth; scenerec/config.py says why). Batches of the ml-100k catalog took
+#: 10-30 ms at 100-1,000 clicks/s, where a longer window only adds latency. Batches of a
+#: 100,000-item catalog took hundreds of ms, where small batches rank the same users again
+#: and again (docs/benchmarks.md).
 SLOW_BATCH_WINDOWS = 5
 
 
