@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tqdm import tqdm
 
-from bench.stack import CLICK_TOPIC, Worker, events_counted, metric_samples, percentiles
+from bench.stack import CLICK_TOPIC, Worker, events_counted, metric_families, percentiles
 from scenerec.config import Settings
 from scenerec.datasets import Dataset
 from scenerec.kafka import client_kwargs, consumer, producer
@@ -212,21 +212,19 @@ async def throughput(
 async def batch_shape(worker: Worker) -> dict[str, float]:
     """Click batches handled, the events in them, recommendation lists emitted and seconds
     spent in garbage collection, so far."""
+    batch, recs, gc_pauses = (
+        "scenerec_batch_events",
+        "scenerec_recommendations",
+        "scenerec_gc_pause_seconds",
+    )
+    families = await metric_families(worker, batch, recs, gc_pauses)
     hist = {
         s.name: float(s.value)
-        for s in await metric_samples(worker, "scenerec_batch_events")
+        for s in families[batch]
         if s.labels.get("topic") == CLICK_TOPIC and s.name.endswith(("_count", "_sum"))
     }
-    lists = sum(
-        float(s.value)
-        for s in await metric_samples(worker, "scenerec_recommendations")
-        if s.name == "scenerec_recommendations_total"
-    )
-    gc_s = sum(
-        float(s.value)
-        for s in await metric_samples(worker, "scenerec_gc_pause_seconds")
-        if s.name == "scenerec_gc_pause_seconds_sum"
-    )
+    lists = sum(float(s.value) for s in families[recs] if s.name == f"{recs}_total")
+    gc_s = sum(float(s.value) for s in families[gc_pauses] if s.name == f"{gc_pauses}_sum")
     return {
         "batches": hist.get("scenerec_batch_events_count", 0.0),
         "events": hist.get("scenerec_batch_events_sum", 0.0),

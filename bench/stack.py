@@ -226,18 +226,22 @@ class BenchStack:
 # --- reading a worker -----------------------------------------------------------------------
 
 
-async def metric_samples(worker: Worker, family_name: str) -> list[Sample]:
-    """Every sample of one metric family from the worker's ``/metrics``."""
+async def metric_families(worker: Worker, *names: str) -> dict[str, list[Sample]]:
+    """The samples of each named metric family, from one read of the worker's ``/metrics``."""
     url = f"{worker.url}/metrics"
     status, body = await asyncio.to_thread(http_get, url)
     if status != 200:
         raise RuntimeError(f"GET {url} answered {status}")
-    return [
-        sample
-        for family in text_string_to_metric_families(body.decode())
-        if family.name == family_name
-        for sample in family.samples
-    ]
+    out: dict[str, list[Sample]] = {name: [] for name in names}
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name in out:
+            out[family.name].extend(family.samples)
+    return out
+
+
+async def metric_samples(worker: Worker, family_name: str) -> list[Sample]:
+    """Every sample of one metric family from the worker's ``/metrics``."""
+    return (await metric_families(worker, family_name))[family_name]
 
 
 async def events_counted(worker: Worker, topic: str = CLICK_TOPIC, outcome: str = "ok") -> float:
