@@ -97,7 +97,7 @@ async def take_batches(
                     # profile. (Not empty with nothing queued: an error to raise, so one.)
                     for _ in range(min(max_ - len(events), queue.qsize()) or 1):
                         take(queue.get_nowait())
-                        if len(keys) >= key_cap:
+                        if full():  # the user cap (the count already bounds max_)
                             break
                 left = deadline - loop.time()
                 if full() or left <= 0:
