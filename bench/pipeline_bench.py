@@ -466,6 +466,8 @@ _WORKER_HISTOGRAMS = {
     "worker_event_to_list": "scenerec_event_to_recommendation_seconds",
     "worker_batch": "scenerec_processing_seconds",
     "worker_gather": "scenerec_batch_gather_seconds",
+    "worker_oldest_age": "scenerec_batch_oldest_age_seconds",
+    "worker_flush": "scenerec_flush_seconds",
 }
 
 

@@ -27,9 +27,10 @@ clearing of the queues at a rebalance, commits and the table's changelog.
 clicks/s on the ml-100k catalog, 10 ms kept the latency tail near 100 ms where 50 ms built a
 standing queue; at 100,000 items, where ranking one user costs tens of ms, 10 ms batches
 rank the same users again and again. So the window is a callable, read when a batch's first
-event arrives; the agents (``streams/agents``) lengthen it after a slow batch. It runs from
-the end of the previous batch, so under load a batch gathers what queued while the last one
-was handled plus the rest of the window, and after a quiet spell an event goes at once. A
+event arrives; the agents (``streams/agents``) lengthen it after a slow batch, and count the
+last batch's flush (waiting for the broker's acks) as part of it. It runs from the end of
+the previous batch, so under load a batch gathers what queued while the last one was
+handled plus the rest of the window, and after a quiet spell an event goes at once. A
 batch also goes out as soon as it holds ``max_`` events, or events of ``max_keys``
 distinct keys: the agents key by user, and a batch's handling costs per user it touches
 (each is ranked once), so the second bound keeps a batch of many users from stalling the

@@ -21,6 +21,8 @@ class WorkerMetrics:
     processing_seconds: Histogram
     batch_events: Histogram
     batch_gather_seconds: Histogram
+    batch_oldest_age_seconds: Histogram
+    flush_seconds: Histogram
     encoder_batch_size: Histogram
     encoder_seconds: Histogram
     recommendations: Counter
@@ -69,6 +71,22 @@ class WorkerMetrics:
                 "scenerec_batch_gather_seconds",
                 "From the end of one batch of a topic to the next batch being handed over"
                 " (reading messages, and waiting for them when the topic is quiet)",
+                ["topic"],
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            batch_oldest_age_seconds=Histogram(
+                "scenerec_batch_oldest_age_seconds",
+                "Age of a batch's oldest message (from its Kafka timestamp) when the batch is"
+                " handed over: how long events waited before the worker started on them",
+                ["topic"],
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            flush_seconds=Histogram(
+                "scenerec_flush_seconds",
+                "Waiting for the broker to acknowledge a batch's output (recommendations,"
+                " dead letters, state changelog) before the batch is acked",
                 ["topic"],
                 buckets=_LATENCY_BUCKETS,
                 registry=reg,

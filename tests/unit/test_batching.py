@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import pytest
 
 from streams.batching import take_batches
 
@@ -107,6 +108,16 @@ def test_the_window_grows_only_after_a_slow_batch_and_up_to_its_bound() -> None:
     slow = SLOW_BATCH_WINDOWS * within + 0.01
     assert batch_window(slow, within, upper) == slow  # gather as long as handling took
     assert batch_window(0.5, within, upper) == upper  # never past the bound
+
+
+def test_the_flush_counts_toward_the_window() -> None:
+    from streams.agents import SLOW_BATCH_WINDOWS, batch_window
+
+    within, upper = 0.01, 0.3
+    assert batch_window(0.02, within, upper, flushed_s=0.004) == pytest.approx(0.006)
+    assert batch_window(0.02, within, upper, flushed_s=0.05) == 0.0  # never negative
+    slow = SLOW_BATCH_WINDOWS * within + 0.1
+    assert batch_window(slow, within, upper, flushed_s=0.01) == pytest.approx(slow - 0.01)
 
 
 async def test_a_message_from_before_a_rebalance_is_skipped_and_not_acked() -> None:
