@@ -40,6 +40,19 @@ log = logging.getLogger(__name__)
 
 
 class ConsumerThread(driver.AIOKafkaConsumerThread):
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[Any],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        # In the consumer's own thread: aiokafka's pause makes a future on this loop.
+        mirror_pauses(consumer, active_partitions)
+        return await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+
     def _create_worker_consumer(self, transport: driver.Transport) -> Any:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
@@ -48,6 +61,33 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
                 raise RuntimeError("aiokafka's consumer has no _fetch_max_wait_ms to set")
             consumer._fetch_max_wait_ms = int(wait_ms)
         return consumer
+
+
+def mirror_pauses(consumer: Any, active: set[Any] | None) -> None:
+    """Pause in aiokafka every assigned partition Faust is not reading, resume the rest.
+
+    Faust pauses a partition only in its own books (``Consumer.pause_partitions``: left
+    out of the partitions it asks ``getmany`` for). aiokafka, not told, goes on fetching
+    it. The table's changelog partitions stay so paused once recovery is done, and the
+    worker writes to them: their records come back in fetches and wait in aiokafka's
+    buffer, which nothing reads. aiokafka sends no fetch to a broker while any of its
+    partitions has records waiting, for up to ``prefetch_backoff`` (0.1 s). So the first
+    state write to each changelog partition stopped all fetching for 0.1 s: four stalls
+    in the first second of a fresh worker (docs/benchmarks.md, "The changelog stall").
+
+    ``active`` is Faust's set of partitions to read (None: a client-only app, which reads
+    everything). It is copied first: Faust's thread changes it.
+    """
+    if active is None:
+        return
+    wanted = set(active)
+    paused = consumer.paused()
+    for tp in consumer.assignment():
+        if tp in wanted:
+            if tp in paused:
+                consumer.resume(tp)
+        elif tp not in paused:
+            consumer.pause(tp)
 
 
 def commit_blocked(acked: Sequence[int], committed: int | None) -> bool:

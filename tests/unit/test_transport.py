@@ -63,3 +63,27 @@ async def test_only_topics_with_holes_of_their_own_get_gaps() -> None:
     consumer._acked[profiles] = [41]
     assert consumer._new_offset(profiles) == 42  # the gap 31-40 counts as handled
     app.consumer._thread.thread_loop.close()
+
+
+async def test_partitions_faust_does_not_read_are_paused_in_aiokafka() -> None:
+    """A changelog partition left out of Faust's reads is not fetched (``mirror_pauses``)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.transport import mirror_pauses
+
+    clicks, changelog = TopicPartition("clicks", 0), TopicPartition("state-changelog", 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers="localhost:9")
+    consumer.assign([clicks, changelog])
+    try:
+        mirror_pauses(consumer, {clicks})  # after recovery: the changelog is Faust-paused
+        assert consumer.paused() == {changelog}
+        mirror_pauses(consumer, {clicks, changelog})  # recovering again: read it
+        assert consumer.paused() == set()
+        mirror_pauses(consumer, {changelog})  # a stream partition paused by Faust
+        assert consumer.paused() == {clicks}
+        mirror_pauses(consumer, None)  # a client-only app reads everything: left alone
+        assert consumer.paused() == {clicks}
+        mirror_pauses(consumer, {TopicPartition("not-assigned", 0), changelog})
+        assert consumer.paused() == {clicks}  # only assigned partitions are touched
+    finally:
+        await consumer.stop()
