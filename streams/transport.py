@@ -1,4 +1,5 @@
-"""The worker's Faust app: a Kafka fetch wait it chooses, a send-soon buffer it can drain.
+"""The worker's Faust app: a Kafka fetch wait it chooses, Faust's pauses told to aiokafka,
+a send-soon buffer it can drain.
 
 **Fetch wait** (``SCENEREC_FETCH_MAX_WAIT_MS``). Faust's aiokafka driver builds its
 consumer with ``fetch_max_wait_ms=1500`` and no setting to change it. aiokafka sends one
@@ -16,6 +17,10 @@ messages not acked.) The override sets the consumer's private
 ``_fetch_max_wait_ms`` between its construction and its start (``AIOKafkaConsumer.start``
 builds the fetcher from it), the one point Faust leaves open; a unit test checks that the
 worker consumer gets the value.
+
+**Pauses** (:func:`mirror_pauses`). Partitions Faust leaves out of its reads (the table's
+changelog once recovered) are paused in aiokafka too, before every fetch: records of them
+waiting unread in aiokafka's buffer held back every fetch for 0.1 s.
 
 **Send-soon buffer.** :func:`count_sends` lets :func:`flush_producer` see the record
 Faust's buffer has in hand, so a batch is acked only once its table changelog
