@@ -176,12 +176,13 @@ class Ranker:
         if self.exact():
             sims = self.index.similarities(queries) if queries else None
             comps = self._dense_components(plan, feed, sims, self._dense_pop())
-            out: FloatArray = plan.w @ np.stack(comps)
+            out: FloatArray = blend(plan.w[None, :], [c[None, :] for c in comps])[0]
             return out
         cand = self._candidate_rows(plan, feed, self._nearest_lists(plans=[plan], queries=queries))
         scores = np.full(n, -np.inf)
         if cand.size:
-            scores[cand] = plan.w @ np.stack(self._sparse_components(plan, feed, cand))
+            comps = self._sparse_components(plan, feed, cand)
+            scores[cand] = blend(plan.w[None, :], [c[None, :] for c in comps])[0]
         return scores
 
     # --- plans ----------------------------------------------------------------------------
@@ -247,28 +248,67 @@ class Ranker:
     ) -> tuple[FloatArray, ...]:
         n = len(self.index)
         zeros = np.zeros(n, np.float64)
-        if plan.dense is None:  # the user's terms, shared by their feeds
-            plan.dense = (dense_feature(*plan.trans, n), dense_feature(*plan.cooc, n))
-        trans, cooc = plan.dense
+        trans, cooc = self._user_terms(plan)
         sim = zeros if feed.sim is None or sims is None else sims[feed.sim].astype(np.float64)
         gated = zeros if feed.gated is None or sims is None else sims[feed.gated].astype(np.float64)
         return pop, trans, sim, cooc, gated
 
+    def _user_terms(self, plan: _Plan) -> tuple[FloatArray, FloatArray]:
+        """The user's transition and co-occurrence features of every item (all feeds')."""
+        if plan.dense is None:
+            n = len(self.index)
+            plan.dense = (dense_feature(*plan.trans, n), dense_feature(*plan.cooc, n))
+        return plan.dense
+
     def _rank_exact(
         self, plans: list[_Plan], queries: list[Vector]
     ) -> list[dict[str, list[Scored]]]:
+        """Every feed of the batch scored over every item at once: one item product for
+        all queries, the blend and the selection as whole-matrix operations."""
         n = len(self.index)
+        feeds = [(plan, feed) for plan in plans for feed in plan.feeds]
+        if not feeds or n == 0:
+            return [{feed.name: [] for feed in plan.feeds} for plan in plans]
         pop = self._dense_pop()
-        sims = self.index.similarities(queries) if queries and n else None
-        out = []
-        for plan in plans:
+        # The similarities of every query, and a row of zeros for feeds without one.
+        sims = np.zeros((len(queries) + 1, n), np.float64)
+        if queries:
+            sims[:-1] = self.index.similarities(queries)
+        none = len(queries)
+        terms = [self._user_terms(plan) for plan in plans]
+        user = np.array([u for u, plan in enumerate(plans) for _ in plan.feeds])
+        trans = np.stack([t for t, _ in terms])[user]
+        cooc = np.stack([c for _, c in terms])[user]
+        sim = sims[[none if f.sim is None else f.sim for _, f in feeds]]
+        gated = sims[[none if f.gated is None else f.gated for _, f in feeds]]
+        w = np.stack([plan.w for plan, _ in feeds])
+        comps = (np.broadcast_to(pop, sim.shape), trans, sim, cooc, gated)
+        scores = blend(w, comps)
+        valid = np.ones((len(feeds), n), np.bool_)
+        for j, (plan, feed) in enumerate(feeds):
+            mask = self.index.scene_rows(feed.scene)
+            if mask is not None:
+                valid[j] = mask
+            valid[j, plan.seen_rows] = False
+        tops = _top_rows(np.where(valid, -scores, np.inf), self.k)
+        mids = _catalog_medians(pop, sims[:none], terms)
+        out: list[dict[str, list[Scored]]] = []
+        j = 0
+        for u, plan in enumerate(plans):
             lists: list[tuple[_Feed, list[Ranked]]] = []
             for feed in plan.feeds:
-                comps = self._dense_components(plan, feed, sims, pop)
-                scores: FloatArray = plan.w @ np.stack(comps)
-                cand, top = self.index.select(scores, self.k, feed.scene, plan.seen_rows)
-                lifts = _lifts(comps, plan.w, cand, top, feed.user_vec is not None)
-                lists.append((feed, self._ranked(top, scores[top], lifts)))
+                top = tops[j]
+                mid = (
+                    mids.pop,
+                    mids.trans[u],
+                    mids.sims[feed.sim] if feed.sim is not None else 0.0,
+                    mids.cooc[u],
+                    mids.sims[feed.gated] if feed.gated is not None else 0.0,
+                )
+                values = [c[j, top] for c in comps]
+                lifts = _lifts_from(values, mid, plan.w, feed.user_vec is not None)
+                lists.append((feed, self._ranked(top, scores[j, top], lifts)))
+                j += 1
             out.append(self._explained(plan, lists))
         return out
 
@@ -286,7 +326,7 @@ class Ranker:
                     lists.append((feed, []))
                     continue
                 comps = self._sparse_components(plan, feed, cand)
-                scores: FloatArray = plan.w @ np.stack(comps)
+                scores = blend(plan.w[None, :], [c[None, :] for c in comps])[0]
                 pick = _stable_top_k(-scores, self.k)
                 lifts = _lifts(comps, plan.w, np.arange(cand.size), pick, feed.user_vec is not None)
                 lists.append((feed, self._ranked(cand[pick], scores[pick], lifts)))
@@ -415,6 +455,66 @@ def _lookup(rows: IntArray, mass: FloatArray, cand: IntArray) -> FloatArray:
     at = np.minimum(np.searchsorted(rows, cand), rows.shape[0] - 1)
     out: FloatArray = np.where(rows[at] == cand, mass[at], 0.0)
     return out
+
+
+def blend(w: FloatArray, comps: Sequence[FloatArray]) -> FloatArray:
+    """``sum_c w[:, c] * comps[c]`` for each row (feed), term by term in component order:
+    the same arithmetic for one feed or a batch of them, so the values are the same."""
+    out: FloatArray = w[:, :1] * comps[0]
+    for c in range(1, len(comps)):
+        out = out + w[:, c : c + 1] * comps[c]
+    return out
+
+
+def _top_rows(keys: FloatArray, k: int) -> list[IntArray]:
+    """Each row's ``k`` smallest finite keys' columns, ties in column order (a stable sort):
+    one partition for the whole matrix, a small sort per row."""
+    n = keys.shape[1]
+    kth = np.partition(keys, k - 1, axis=1)[:, k - 1] if n > k else keys.max(axis=1)
+    out = []
+    for row, bound in zip(keys, kth, strict=True):
+        near = np.flatnonzero(row <= bound) if np.isfinite(bound) else np.flatnonzero(row < np.inf)
+        out.append(near[np.argsort(row[near], kind="stable")[:k]])
+    return out
+
+
+@dataclass(frozen=True)
+class _Medians:
+    pop: float
+    sims: FloatArray
+    trans: list[float]
+    cooc: list[float]
+
+
+def _catalog_medians(
+    pop: FloatArray, sims: FloatArray, terms: Sequence[tuple[FloatArray, FloatArray]]
+) -> _Medians:
+    """Each term's median over the whole catalog: what a recommended item's lift is taken
+    from (a sparse term's median is 0 unless it covers half the catalog)."""
+    half = pop.shape[0] // 2
+
+    def sparse(x: FloatArray) -> float:
+        return float(np.median(x)) if np.count_nonzero(x) > half else 0.0
+
+    return _Medians(
+        float(np.median(pop)),
+        medians(sims) if sims.shape[0] else np.zeros(0),
+        [sparse(t) for t, _ in terms],
+        [sparse(c) for _, c in terms],
+    )
+
+
+def _lifts_from(
+    values: Sequence[FloatArray], mids: Sequence[float], w: FloatArray, has_vector: bool
+) -> list[tuple[list[float], str]]:
+    """Each top item's lift per term (``w_c * (value - median)``) and the leading term."""
+    lift = np.stack([w[c] * (values[c] - mids[c]) for c in range(len(values))])
+    # In the order of ranking.TERMS: similarity, popularity, transitions, co-occurrence.
+    terms = np.stack(
+        [lift[SIMILARITY] + lift[GATED], lift[POPULARITY], lift[TRANSITIONS], lift[COOCCURRENCE]]
+    )
+    leads = leading_terms(terms, has_vector)
+    return list(zip(terms.T.tolist(), leads, strict=True))
 
 
 def _lifts(

@@ -36,7 +36,7 @@ from embeddings.kg import HashedEntityEmbedding
 from embeddings.model import SceneRecModel
 from embeddings.ranking import GLOBAL, GatedScenes, ItemIndex, SceneModel, Scored, to_payload
 from embeddings.scenes import SceneGates
-from embeddings.user_model import SCENE_PRIOR, UserState, click_weight
+from embeddings.user_model import UserState, click_weight
 from embeddings.vectors import Matrix
 from streams import state as state_codec
 from streams.errors import BadEvent
@@ -378,9 +378,10 @@ class Pipeline:
     def _feeds(self, c: Changed) -> list[Feed]:
         """The feeds a user's events changed, marked as ranked in the state.
 
-        Always the global feed and the events' own scenes; the scenes that mostly borrow
-        (fewer own events than the borrowing prior); every scene after a social event; and
-        a feed last ranked ``refresh_events`` of the user's events ago or more.
+        Always the global feed and the events' own scenes; every scene after a social event
+        (it moves every scene vector); and a scene feed last ranked ``refresh_events`` of the
+        user's events ago or more: the other scenes borrow from the global vector, which
+        each event moves a little, so their feeds are refreshed now and then, not each time.
         """
         state = c.state
         feeds: list[Feed] = [None]
@@ -389,7 +390,6 @@ class Pipeline:
             if (
                 c.every_scene
                 or scene in c.scenes
-                or state.scene_counts[scene] < SCENE_PRIOR
                 or last is None
                 or state.n_events - last >= self.config.refresh_events
             ):
