@@ -48,7 +48,7 @@ from embeddings.ranking import (
     SceneModel,
     Scored,
     _stable_top_k,
-    explain,
+    explain_many,
     leading_terms,
     medians,
 )
@@ -427,17 +427,16 @@ class Ranker:
                 }
                 if rows:
                     history.prefetch(self.stats, term, sorted(r for r in rows if r is not None))
-        return {
-            feed.name: [
-                Scored(
-                    r.item_id,
-                    r.score,
-                    explain(plan.state, index, self.stats, r, feed.name, feed.user_vec, history),
-                )
-                for r in ranked
+        out = {}
+        for feed, ranked in lists:
+            reasons = explain_many(
+                plan.state, index, self.stats, ranked, feed.name, feed.user_vec, history
+            )
+            out[feed.name] = [
+                Scored(r.item_id, r.score, reason)
+                for r, reason in zip(ranked, reasons, strict=True)
             ]
-            for feed, ranked in lists
-        }
+        return out
 
 
 #: The key of the start row's list among the popular-now lists.
