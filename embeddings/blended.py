@@ -143,6 +143,7 @@ class Ranker:
         self.candidates = candidates or CandidateConfig()
         self.nearest = nearest or ExactNearest(index)
         self._popular: dict[object, IntArray] = {}
+        self._seen_mask = np.zeros(0, np.bool_)
         self._popular_version = -math.inf
 
     def exact(self) -> bool:
@@ -358,7 +359,12 @@ class Ranker:
         mask = self.index.scene_rows(feed.scene)
         keep = np.ones(cand.shape[0], np.bool_) if mask is None else mask[cand]
         if plan.seen_rows.size:
-            keep &= ~np.isin(cand, plan.seen_rows)
+            seen = self._seen_mask
+            if seen.shape[0] < len(self.index):
+                seen = self._seen_mask = np.zeros(2 * len(self.index), np.bool_)
+            seen[plan.seen_rows] = True  # set and cleared again: O(seen + candidates)
+            keep &= ~seen[cand]
+            seen[plan.seen_rows] = False
         return cand[keep]
 
     def _popular_rows(self, scene: object) -> IntArray:

@@ -564,7 +564,6 @@ def _collaborative_reason(
     return f"{where}: the same people engaged with this and with '{title}', which you had"
 
 
-
 def fact_label(fact: str) -> str:
     """``"film.film.directed_by m.0abc"`` -> ``"the KG fact film.film.directed_by m.0abc"``.
 

@@ -517,13 +517,13 @@ class Pipeline:
     async def on_item_deltas(self, batch: Sequence[Incoming]) -> None:
         """Click deltas of every worker, for the rows of this worker's partitions."""
         assert self.stage is not None, "a worker that consumes items.deltas has a stage"
-        deltas = DeltaBatch()
+        messages = []
         for msg in batch:
             try:
-                deltas.extend(loads_deltas(msg.value or b""))
+                messages.append(loads_deltas(msg.value or b""))
             except ValueError as exc:
                 await self.dead_letter(msg, BadEvent("bad_item_deltas", str(exc)))
-        changed = self.stage.apply(deltas)
+        changed = self.stage.apply(*messages)
         self.metrics.item_rows_applied.inc(len(changed))
 
     def receive_stats(self, key: int, row: StatsRow) -> None:
