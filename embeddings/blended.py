@@ -227,11 +227,7 @@ class Ranker:
                         query(gated_vec, bool(w[GATED])),
                     )
                 )
-            history = (
-                History(recent, index.vectors_of(recent), recent_rows, seen_rows)
-                if recent
-                else None
-            )
+            history = History(index, recent, recent_rows, seen_rows) if recent else None
             excluded = seen_rows if exclude_seen else np.zeros(0, np.intp)
             plans.append(_Plan(state, w, excluded, trans, cooc, history, feeds))
         return plans, queries

@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -382,18 +382,28 @@ def _stable_top_k(keys: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.intp]
     return near[np.argsort(keys[near], kind="stable")[:k]]
 
 
-@dataclass(frozen=True)
 class History:
-    """A user's recent items that are in the index, and their vectors (one row each)."""
+    """A user's recent items that are in the index, for the reasons of their lists."""
 
-    item_ids: list[str]
-    vectors: npt.NDArray[np.float32]
-    #: Rows of ``item_ids`` (oldest first) and of every item the user had, for reasons
-    #: that name where transitions or co-occurrence came from (the blended ranking).
-    rows: Sequence[int] = ()
-    seen_rows: Rows = ()
-    #: (term, item row) -> the row that reason names: a user's feeds share many items.
-    sources: dict[tuple[int, int], int | None] = field(default_factory=dict)
+    def __init__(
+        self, index: ItemIndex, item_ids: list[str], rows: Sequence[int], seen_rows: Rows
+    ) -> None:
+        self.index = index
+        self.item_ids = item_ids
+        #: Rows of ``item_ids`` (oldest first) and of every item the user had, for reasons
+        #: that name where transitions or co-occurrence came from.
+        self.rows = rows
+        self.seen_rows = seen_rows
+        #: (term, item row) -> the row that reason names: a user's feeds share many items.
+        self.sources: dict[tuple[int, int], int | None] = {}
+        self._vectors: npt.NDArray[np.float32] | None = None
+
+    @property
+    def vectors(self) -> npt.NDArray[np.float32]:
+        """The recent items' vectors, one row each (gathered when a reason needs them)."""
+        if self._vectors is None:
+            self._vectors = self.index.vectors_of(self.item_ids)
+        return self._vectors
 
     def source(self, collab: Collaborative, term: int, target: int) -> int | None:
         if (term, target) not in self.sources:

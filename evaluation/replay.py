@@ -9,8 +9,8 @@ and reads every list back from the ``recommendations`` topic by ``trigger_event_
 Both are scored by the same code; the table shows each mode's Hit/NDCG/MRR@10, the
 difference, and how many lists are identical. The replay starts its own stack (local
 Kafka, Ray Serve, one worker; free ports, a temporary folder, a unique topic prefix) with
-``deploy.stack`` and tears it down at the end. It starts Ray: run it under the shared lock
-(``flock /tmp/scenerec-ray.lock python -m evaluation.replay ...``).
+``deploy.stack`` and tears it down at the end, with a Ray head of its own; ``--workers 2``
+replays through two workers in one consumer group.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from types import FrameType
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from deploy.ports import free_port
 from evaluation.pipeline_model import (
@@ -117,12 +117,53 @@ class RecInbox:
 
 
 class KafkaDriver:
-    """The real worker: publish to the input topics, read lists off the output topic."""
+    """The real workers: publish to the input topics, read lists off the output topic.
 
-    def __init__(self, settings: Settings, prod: AIOKafkaProducer, inbox: RecInbox) -> None:
+    After each event it also waits until every click so far has reached the shared item
+    statistics each worker ranks with (:meth:`sync_stats`): in the stream they follow a
+    click within a second, in-process at once, and the comparison is of the same model.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        prod: AIOKafkaProducer,
+        inbox: RecInbox,
+        meta: AIOKafkaConsumer,
+        worker_urls: Sequence[str],
+    ) -> None:
         self.settings = settings
         self._prod = prod
         self._inbox = inbox
+        self._meta = meta
+        self._workers = list(worker_urls)
+
+    async def sync_stats(self, timeout_s: float = EVENT_TIMEOUT_S) -> None:
+        """Until every worker has read back the deltas sent so far, as applied rows."""
+        deltas = await self._ends(self.settings.topic("items.deltas"))
+        await self._until(lambda ready: _covered(ready, "deltas_applied", deltas, any), timeout_s)
+        changelog = await self._ends(f"{self.settings.app_id}-item-stats-changelog")
+        await self._until(
+            lambda ready: _covered(ready, "changelog_read", changelog, all), timeout_s
+        )
+
+    async def _ends(self, topic: str) -> dict[int, int]:
+        parts = self._meta.partitions_for_topic(topic)
+        if not parts:
+            await self._meta.topics()  # fetches the metadata of every topic
+            parts = self._meta.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        return {tp.partition: off for tp, off in (await self._meta.end_offsets(tps)).items()}
+
+    async def _until(self, done: Any, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready = [await asyncio.to_thread(_ready, url) for url in self._workers]
+            if done(ready):
+                return
+            if time.monotonic() > deadline:
+                raise ReplayError(f"item statistics not caught up in {timeout_s:.0f}s: {ready}")
+            await asyncio.sleep(0.02)
 
     async def _send(self, topic: str, key: str, record: Record) -> str:
         """Send and return the id the worker will name the event by."""
@@ -140,7 +181,7 @@ class KafkaDriver:
                 value=orjson.dumps(item),
             )
         await self._prod.flush()
-        await wait_indexed(self.settings, len(items))
+        await wait_indexed(self._workers, len(items))
 
     async def ingest(self, profiles: Sequence[Record], clicks: Sequence[Record]) -> None:
         # Profiles first, all applied, then clicks: they are on different topics (agents),
@@ -164,51 +205,74 @@ class KafkaDriver:
         timeout = EVENT_TIMEOUT_S + len(clicks) / 50
         for trigger in last.values():
             await self._inbox.get(trigger, timeout)
+        await self.sync_stats(timeout)
 
     async def profile(self, profile: Record) -> Payload:
-        return await self._inbox.get(
-            await self._send("users.profiles", profile["user_id"], profile)
-        )
+        got = await self._inbox.get(await self._send("users.profiles", profile["user_id"], profile))
+        await self.sync_stats()
+        return got
 
     async def click(self, click: Record) -> Payload:
-        return await self._inbox.get(await self._send("events.click", click["user_id"], click))
+        got = await self._inbox.get(await self._send("events.click", click["user_id"], click))
+        await self.sync_stats()
+        return got
 
 
 @contextlib.asynccontextmanager
-async def kafka_driver(settings: Settings) -> AsyncIterator[KafkaDriver]:
+async def kafka_driver(
+    settings: Settings, worker_urls: Sequence[str]
+) -> AsyncIterator[KafkaDriver]:
     inbox = RecInbox(settings)
     await inbox.start()
     prod = producer(settings)
+    meta = consumer(settings, group_id=None)
     try:
         await prod.start()
-        yield KafkaDriver(settings, prod, inbox)
+        await meta.start()
+        yield KafkaDriver(settings, prod, inbox, meta, worker_urls)
     finally:
+        await meta.stop()
         await prod.stop()
         await inbox.stop()
 
 
-async def run_replay(settings: Settings, data: ReplaySlice) -> ModeResult:
-    """Run ``data`` through the worker of ``settings`` (a fresh one: empty index and table)."""
-    async with kafka_driver(settings) as driver:
+async def run_replay(
+    settings: Settings, data: ReplaySlice, worker_urls: Sequence[str] | None = None
+) -> ModeResult:
+    """Run ``data`` through the workers (fresh ones: empty index and tables); by default the
+    one of ``settings``."""
+    urls = worker_urls or [f"http://127.0.0.1:{settings.worker_web_port}"]
+    async with kafka_driver(settings, urls) as driver:
         return await run_slice("replay", driver, data)
 
 
-async def wait_indexed(settings: Settings, n_items: int, timeout_s: float = 900.0) -> None:
-    """Until the worker's ``/ready`` counts ``n_items`` items in its index."""
-    url = f"http://127.0.0.1:{settings.worker_web_port}/ready"
+async def wait_indexed(urls: Sequence[str], n_items: int, timeout_s: float = 900.0) -> None:
+    """Until every worker's ``/ready`` counts ``n_items`` items in its index."""
     deadline = time.monotonic() + timeout_s
-    while (indexed := await asyncio.to_thread(_ready_items, url)) < n_items:
-        if time.monotonic() > deadline:
-            raise ReplayError(f"the worker indexed {indexed} of {n_items} items in {timeout_s}s")
-        await asyncio.sleep(0.5)
+    for url in urls:
+        while (indexed := int((await asyncio.to_thread(_ready, url)).get("items", -1))) < n_items:
+            if time.monotonic() > deadline:
+                raise ReplayError(f"{url} indexed {indexed} of {n_items} items in {timeout_s}s")
+            await asyncio.sleep(0.5)
 
 
-def _ready_items(url: str) -> int:
+def _ready(worker_url: str) -> dict[str, Any]:
+    """A worker's ``/ready`` answer ({} while it is not up)."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(orjson.loads(resp.read()).get("items", 0))
+        with urllib.request.urlopen(f"{worker_url}/ready", timeout=5) as resp:
+            body: dict[str, Any] = orjson.loads(resp.read())
+            return body
     except (urllib.error.URLError, OSError, ValueError):
-        return -1  # not up yet (503 included)
+        return {}  # not up yet (503 included)
+
+
+def _covered(ready: Sequence[dict[str, Any]], key: str, ends: dict[int, int], agg: Any) -> bool:
+    """Whether, for every partition, ``agg`` (any or all) of the workers reached its end."""
+
+    def at(r: dict[str, Any], p: int) -> int:
+        return int(r.get("item_stats", {}).get(key, {}).get(str(p), 0))
+
+    return all(agg(at(r, p) >= end for r in ready) for p, end in ends.items() if end > 0)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -216,31 +280,42 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def private_stack() -> Iterator[Settings]:
-    """Kafka + Ray Serve + one worker on free ports in a temporary folder (deploy.stack)."""
+def private_stack(workers: int = 1) -> Iterator[tuple[Settings, list[str]]]:
+    """Kafka + Ray Serve + ``workers`` workers (one consumer group) on free ports in a
+    temporary folder (deploy.stack); the settings and the workers' URLs."""
     from deploy.stack import down, up
+    from deploy.worker import start_worker, stop_worker
 
     var_dir = Path(tempfile.mkdtemp(prefix="scenerec-replay-"))
     tag = uuid.uuid4().hex[:8]
-    ports = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "SERVE_PORT", "RAY_METRICS_PORT")
+    ports = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "SERVE_PORT", "RAY_METRICS_PORT", "RAY_PORT")
     env = {f"SCENEREC_{name}": str(free_port()) for name in (*ports, "WORKER_WEB_PORT")}
     env |= {
         "SCENEREC_VAR_DIR": str(var_dir),
         "SCENEREC_APP_ID": f"scenerec-replay-{tag}",
         "SCENEREC_TOPIC_PREFIX": f"r{tag[:6]}.",
+        "SCENEREC_RAY_TEMP_DIR": f"/tmp/scenerec-ray-{tag}",
+        # Events go one at a time, each waiting for the item statistics: no batching.
+        "SCENEREC_STATS_BATCH_WITHIN_S": "0.01",
     }
-    os.environ.update(env)  # read by Settings() here and inherited by the worker
+    os.environ.update(env)  # read by Settings() here and inherited by the workers
     settings = Settings()
+    extra = [(var_dir / f"worker-{k}", free_port()) for k in range(2, workers + 1)]
     try:
         # SIGTERM tears the stack down too (set again after Ray installed its own handler).
         signal.signal(signal.SIGTERM, _interrupt)
         info = up(settings)
         signal.signal(signal.SIGTERM, _interrupt)
-        log.info("stack up in %.0fs (var dir %s)", info.seconds, var_dir)
-        yield settings
+        for var, port in extra:  # each its own data folder (the embedded store is per process)
+            start_worker(var, port, {"SCENEREC_VAR_DIR": str(var)})
+        log.info("stack up in %.0fs (var dir %s, %d workers)", info.seconds, var_dir, workers)
+        urls = [f"http://127.0.0.1:{p}" for p in (settings.worker_web_port, *(p for _, p in extra))]
+        yield settings, urls
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second interruption mid-teardown
         try:
+            for var, _ in extra:
+                stop_worker(var)
             down(settings)
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -276,8 +351,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m evaluation.replay",
         description="Score a slice of ml-100k in-process and/or through the real pipeline "
-        "(Kafka, Faust, Ray Serve, Qdrant) and compare. The replay mode starts Ray: run it "
-        "under `flock /tmp/scenerec-ray.lock`.",
+        "(Kafka, Faust, Ray Serve, Qdrant, one or more workers) and compare.",
     )
     p.add_argument("--mode", choices=("in-process", "replay", "both"), default="both")
     p.add_argument("--events", type=int, default=300, help="scored clicks (default 300)")
@@ -287,6 +361,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--items", type=int, default=None, help="only the first N catalog items and their clicks"
     )
     p.add_argument("--no-profiles", action="store_true", help="do not publish user profiles")
+    p.add_argument(
+        "--workers", type=int, default=1, help="workers in the replay's consumer group (default 1)"
+    )
     p.add_argument("--tolerance", type=float, default=TOLERANCE, help="allowed |difference|")
     p.add_argument("--data-dir", type=Path, default=None, help="default: SCENEREC_DATA_DIR")
     p.add_argument("--out", type=Path, default=Path("results/replay.json"))
@@ -328,15 +405,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.mode in ("replay", "both"):
         t0 = time.perf_counter()
-        with private_stack() as settings:
+        with private_stack(args.workers) as (settings, urls):
             stack_s = time.perf_counter() - t0
-            replayed = asyncio.run(run_replay(settings, data))
+            replayed = asyncio.run(run_replay(settings, data, urls))
         replayed.seconds["stack_up"] = stack_s
         results.append(replayed)
     comparison = compare(results[0], results[1]) if len(results) == 2 else None
     out: dict[str, Any] = {
         "command": "python -m evaluation.replay " + " ".join(args.argv),
         "slice": data.describe(),
+        "workers": args.workers,
         "list_scored": "global feed of the user's last recommendations message before the event",
         "modes": {r.mode: r.to_json() for r in results},
     }

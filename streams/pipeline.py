@@ -97,16 +97,25 @@ class StatsSink(Protocol):
         """Return once the deltas are durable: the users' states that count them are
         written only then, so a replay that finds a click applied finds its deltas sent."""
 
+    def lists_sent(self) -> None:
+        """The batch's lists are out (in the stream, its deltas reach the statistics after
+        them, through Kafka)."""
+
 
 class LocalStats:
-    """The item-stats stage in this process (unit tests, the in-process evaluation): deltas
-    are applied at once, and the changed rows go straight into the ranking statistics."""
+    """The item-stats stage in this process (unit tests, the in-process evaluation): a
+    batch's deltas reach the ranking statistics once its lists are out, as in the stream."""
 
     def __init__(self, shared: SharedStats, stage: ItemStatsStage) -> None:
         self.shared, self.stage = shared, stage
+        self._pending: list[DeltaBatch] = []
 
     async def send(self, deltas: DeltaBatch) -> None:
-        for key, row in self.stage.apply(deltas).items():
+        self._pending.append(deltas)
+
+    def lists_sent(self) -> None:
+        pending, self._pending = self._pending, []
+        for key, row in self.stage.apply(*pending).items():
             self.shared.receive(key, row)
 
 
@@ -216,6 +225,11 @@ class Pipeline:
         self.kg = HashedEntityEmbedding(self.index.dim)
         self._scenes = frozenset(self.config.scenes)
         self._catalog_busy_until = 0.0
+        #: How far the item statistics got: ``items.deltas`` partition -> the offset after
+        #: the last message this worker's stage applied; changelog partition -> the reader's
+        #: position (what ``/ready`` reports, so a driver can wait for them).
+        self.deltas_applied: dict[int, int] = {}
+        self.stats_read: dict[int, int] = {}
 
     # --- shared steps ----------------------------------------------------------------------
     async def _parse(self, batch: Sequence[Incoming], record: type[R]) -> list[tuple[Incoming, R]]:
@@ -349,6 +363,9 @@ class Pipeline:
         if deltas is not None:
             await self._send_deltas(deltas)
         await self._commit_users(changed)
+        if deltas is not None:
+            assert self.stats_sink is not None
+            self.stats_sink.lists_sent()
         for (scene, outcome), n in outcomes.items():
             self.metrics.events.labels(topic, scene, outcome).inc(n)
 
@@ -525,6 +542,10 @@ class Pipeline:
                 await self.dead_letter(msg, BadEvent("bad_item_deltas", str(exc)))
         changed = self.stage.apply(*messages)
         self.metrics.item_rows_applied.inc(len(changed))
+        for msg in batch:
+            self.deltas_applied[msg.partition] = max(
+                self.deltas_applied.get(msg.partition, 0), msg.offset + 1
+            )
 
     def receive_stats(self, key: int, row: StatsRow) -> None:
         """A row of the shared item statistics, as every worker reads it back."""

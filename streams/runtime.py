@@ -146,6 +146,9 @@ class FaustStatsSink:
             await item_deltas_topic.send(value=dumps_deltas(part), partition=partition)
         await flush_producer(app.producer)
 
+    def lists_sent(self) -> None:
+        """Nothing to do: the stage and the stats reader bring the deltas back."""
+
 
 def load_index(store: VectorStore, dim: int) -> ItemIndex:
     index = ItemIndex(dim)
@@ -267,7 +270,17 @@ class ReadyView(View):
     async def get(self, request: Request) -> Response:
         if _pipeline is None:
             return self.json({"ready": False}, status=503)
-        return self.json({"ready": True, "items": len(_pipeline.index)})
+        return self.json(
+            {
+                "ready": True,
+                "items": len(_pipeline.index),
+                # Partition -> next offset: how far the shared item statistics got here.
+                "item_stats": {
+                    "deltas_applied": _pipeline.deltas_applied,
+                    "changelog_read": _pipeline.stats_read,
+                },
+            }
+        )
 
 
 @app.page("/users/{user_id}/recommendations")

@@ -62,3 +62,5 @@ class StatsReader:
                         )
                         continue
                     pipe.receive_stats(key_of(record.key), row)
+            for tp in tps:
+                pipe.stats_read[tp.partition] = await self._consumer.position(tp)

@@ -117,6 +117,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         "SCENEREC_RAY_TEMP_DIR": f"/tmp/scenerec-ray-{uuid.uuid4().hex[:8]}",
         "SCENEREC_WORKER_WEB_PORT": str(free_port()),
         "SCENEREC_UNKNOWN_ITEM_WAIT_S": "5",
+        # Tests wait for the shared item statistics: a short window of the item-stats agent.
+        "SCENEREC_STATS_BATCH_WITHIN_S": "0.05",
         "SCENEREC_ENCODER_TORCH_THREADS": "1",
     }
     with ExitStack() as stack:
