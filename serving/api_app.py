@@ -40,7 +40,7 @@ from ray.serve import Application
 from scenerec.config import Settings
 from serving.demo_api import DemoBackend, add_demo_routes
 from serving.feed_hub import FeedHub, FeedRecord, HubLimits, StreamLimitError, parse_event_id
-from serving.feed_stream import follow, reread, sse_events
+from serving.feed_stream import follow, keep_running, reread, sse_events
 from serving.metrics import api_metrics, stream_metrics
 from streams.records import Recommendations as StreamRecommendations
 from streams.records import RecommendedItem
@@ -112,12 +112,11 @@ class Service:
 
     def start(self) -> None:
         # Started lazily on the replica's event loop (the constructor may not run on it).
-        if self._follower is None or self._follower.done():
-            if self._follower is not None and (exc := self._follower.exception()) is not None:
-                logger.error("recommendations follower stopped: %r; restarting", exc)
-            self._follower = asyncio.get_running_loop().create_task(
-                follow(self.settings, self.hub, self._caught_up)
-            )
+        self._follower = keep_running(
+            self._follower,
+            lambda: follow(self.settings, self.hub, self._caught_up),
+            "recommendations follower",
+        )
         if self.demo is not None:
             self.demo.start()
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from scenerec.config import Settings
 from scenerec.kafka import assigned_partitions, consumer, producer
+from serving.feed_stream import keep_running
 from streams.records import ClickEvent, UserProfile
 from streams.topics import CATALOG, CLICKS, PROFILES
 
@@ -71,10 +72,7 @@ class DemoBackend:
         self._producer_lock = asyncio.Lock()
 
     def start(self) -> None:
-        if self._follower is None or self._follower.done():
-            if self._follower is not None and (exc := self._follower.exception()) is not None:
-                logger.error("catalog follower stopped: %r; restarting", exc)
-            self._follower = asyncio.get_running_loop().create_task(self._follow())
+        self._follower = keep_running(self._follower, self._follow, "catalog follower")
 
     async def _follow(self) -> None:
         cons = consumer(self.settings, enable_auto_commit=False, group_id=None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -31,6 +31,17 @@ HEARTBEAT = b": heartbeat\n\n"
 RETRY_MS = 1000
 #: Topic re-reads running at once on a replica (each is a Kafka consumer of its own).
 REREADS = asyncio.Semaphore(4)
+
+
+def keep_running(
+    task: asyncio.Task[None] | None, start: Callable[[], Coroutine[Any, Any, None]], what: str
+) -> asyncio.Task[None]:
+    """``task``, or a new one from ``start`` if it is not running (logging why it ended)."""
+    if task is not None and not task.done():
+        return task
+    if task is not None and (exc := task.exception()) is not None:
+        logger.error("%s stopped: %r; restarting", what, exc)
+    return asyncio.get_running_loop().create_task(start())
 
 
 def record_of(r: ConsumerRecord[bytes, bytes]) -> FeedRecord | None:
