@@ -19,6 +19,7 @@ from deploy.ports import free_port
 from scenerec.config import Settings
 from serving.api_app import Service, make_api
 from serving.feed_hub import FeedHub, FeedRecord, HubLimits, StreamLimitError, parse_event_id
+from serving.sse_client import HEARTBEAT, SseEvent, read_events
 
 
 def a_list(user: str, trigger: str, items: tuple[str, ...] = ("1", "2", "3")) -> bytes:
@@ -104,31 +105,21 @@ async def test_a_stream_that_does_not_read_is_marked_and_bounded() -> None:
 
 @dataclass
 class Sse:
-    events: list[dict[str, str]] = field(default_factory=list)
-    comments: int = 0
-    retry: str | None = None
+    events: list[SseEvent] = field(default_factory=list)
+    heartbeats: int = 0
 
 
 async def read_sse(resp: aiohttp.ClientResponse, want: int, timeout_s: float = 10) -> Sse:
     """Read until ``want`` events arrived or the stream ended."""
     out = Sse()
-    current: dict[str, str] = {}
     async with asyncio.timeout(timeout_s):
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith(":"):
-                out.comments += 1
-            elif line.startswith("retry: "):
-                out.retry = line[7:]
-            elif line == "":
-                if current:
-                    out.events.append(current)
-                    current = {}
-                    if len(out.events) >= want:
-                        break
-            else:
-                name, _, value = line.partition(": ")
-                current[name] = value
+        async for event in read_events(resp):
+            if event is HEARTBEAT:
+                out.heartbeats += 1
+                continue
+            out.events.append(event)
+            if len(out.events) >= want:
+                break
     return out
 
 
@@ -179,16 +170,15 @@ async def test_stream_sends_latest_then_each_new_list_then_forgotten(
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         first = await read_sse(resp, 1)
-        assert first.retry is not None
-        assert first.events[0]["id"] == "1-5" and first.events[0]["event"] == "feed"
-        data = orjson.loads(first.events[0]["data"])
+        assert first.events[0].id == "1-5" and first.events[0].event == "feed"
+        data = orjson.loads(first.events[0].data)
         assert data["trigger_event_id"] == "e5" and len(data["scenes"]["global"]) == 2
         service.hub.apply(record(6, user="someone-else"))
         service.hub.apply(record(7))
         service.hub.apply(record(8, value=None))
         rest = await read_sse(resp, 5)  # ends by itself after the tombstone
-    assert [(e["id"], e["event"]) for e in rest.events] == [("1-7", "feed"), ("1-8", "forgotten")]
-    assert orjson.loads(rest.events[1]["data"]) == {"user_id": "u"}
+    assert [(e.id, e.event) for e in rest.events] == [("1-7", "feed"), ("1-8", "forgotten")]
+    assert orjson.loads(rest.events[1].data) == {"user_id": "u"}
     await asyncio.sleep(0.1)
     assert service.hub.open_streams == 0
 
@@ -200,12 +190,12 @@ async def test_scene_filter_and_heartbeats(
     service.hub.apply(record(5))
     async with http.get(f"{url}/users/u/feed/stream?scene=drama") as resp:
         got = await read_sse(resp, 1)
-        assert list(orjson.loads(got.events[0]["data"])["scenes"]) == ["drama"]
+        assert list(orjson.loads(got.events[0].data)["scenes"]) == ["drama"]
         await asyncio.sleep(1.0)
         service.hub.apply(record(6))
         later = await read_sse(resp, 1)
-    assert later.comments >= 2  # ": heartbeat" every 0.3 s while nothing landed
-    assert later.events[0]["id"] == "1-6"
+    assert later.heartbeats >= 2  # ": heartbeat" every 0.3 s while nothing landed
+    assert later.events[0].id == "1-6"
 
 
 async def test_resume_after_last_event_id_misses_nothing(
@@ -217,10 +207,10 @@ async def test_resume_after_last_event_id_misses_nothing(
     headers = {"Last-Event-ID": "1-5"}
     async with http.get(f"{url}/users/u/feed/stream", headers=headers) as resp:
         got = await read_sse(resp, 2)
-    assert [e["id"] for e in got.events] == ["1-7", "1-8"]
+    assert [e.id for e in got.events] == ["1-7", "1-8"]
     async with http.get(f"{url}/users/u/feed/stream?last_event_id=1-7") as resp:
         got = await read_sse(resp, 1)
-    assert [e["id"] for e in got.events] == ["1-8"]
+    assert [e.id for e in got.events] == ["1-8"]
 
 
 async def test_clear_errors_and_limits(
@@ -269,3 +259,28 @@ async def test_cors_for_the_configured_origin_only(
     other = {**preflight, "Origin": "http://evil.example"}
     async with http.options(f"{url}/users/u/feed/stream", headers=other) as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_a_resume_older_than_the_ring_reads_the_topic_again(
+    api: tuple[str, Service], http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, service = api
+    service.hub.limits.replay_records = 2
+    for off in range(10, 15):
+        service.hub.apply(record(off))
+    asked: list[tuple[str, int, int, int]] = []
+
+    async def from_kafka(
+        settings: Settings, user_id: str, partition: int, after: int, upto: int
+    ) -> list[FeedRecord]:
+        asked.append((user_id, partition, after, upto))
+        return [record(off) for off in range(after + 1, upto)]  # the user's lists there
+
+    monkeypatch.setattr("serving.api_app.reread", from_kafka)
+    async with http.get(f"{url}/users/u/feed/stream", headers={"Last-Event-ID": "1-10"}) as resp:
+        got = await read_sse(resp, 4)
+        assert asked == [("u", 1, 10, 15)]  # up to the next offset the replica will apply
+        service.hub.apply(record(15))
+        more = await read_sse(resp, 1)
+    assert [e.id for e in got.events] == ["1-11", "1-12", "1-13", "1-14"]
+    assert [e.id for e in more.events] == ["1-15"]
