@@ -30,7 +30,8 @@ HEARTBEAT = SseEvent("heartbeat", "", None, 0.0)
 
 async def read_events(resp: aiohttp.ClientResponse) -> AsyncIterator[SseEvent]:
     """The events of a ``text/event-stream`` response as they arrive, until it ends."""
-    event, event_id, data = "message", None, []
+    event, event_id = "message", None
+    data: list[str] = []
     async for raw in resp.content:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if not line:
