@@ -186,7 +186,16 @@ def test_api_conforms_to_its_own_spec(services: Services) -> None:
     """
     schema = schemathesis.openapi.from_url(f"{services.api_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} == {"/healthz", "/users/{user_id}/recommendations"}
+    assert {op.path for op in operations} == {
+        "/healthz",
+        "/users/{user_id}/recommendations",
+        "/users/{user_id}/feed/stream",
+        "/items",
+        "/users/{user_id}/profile",
+        "/users/{user_id}/clicks",
+    }
+    # A stream of a known user never ends by itself: tests/integration/test_live.py reads it.
+    operations = [op for op in operations if not op.path.endswith("/feed/stream")]
     cases: list[str] = []
     for op in operations:
         strategy = op.as_strategy(GenerationMode.POSITIVE) | op.as_strategy(GenerationMode.NEGATIVE)
@@ -203,4 +212,4 @@ def test_api_conforms_to_its_own_spec(services: Services) -> None:
 
         check()
     log.info("schemathesis: %d cases over %d operations", len(cases), len(operations))
-    assert len(cases) >= 2 * 10
+    assert len(cases) >= len(operations) * 10
