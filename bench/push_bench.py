@@ -65,6 +65,8 @@ class Client:
     last_id: str | None = None
     #: event id -> (time read, connection number) of every list event read
     read: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: connection number -> when its response began (time.time())
+    opened: dict[int, float] = field(default_factory=dict)
     duplicated: int = 0
     connections: int = 0
     heartbeats: int = 0
@@ -81,6 +83,7 @@ async def stream(
         resp = await session.get(url, headers=headers)
     c.connections += 1
     number = c.connections
+    c.opened[number] = time.time()
     try:
         if resp.status != 200:
             c.errors.append(f"HTTP {resp.status}: {(await resp.text())[:200]}")
@@ -179,6 +182,32 @@ def a_click(user: str, item: dict[str, Any], n: int) -> tuple[bytes, dict[str, A
     }
 
 
+async def clicks(
+    lane: Lane,
+    users: Sequence[str],
+    items: Sequence[dict[str, Any]],
+    rng: random.Random,
+    rate: float,
+    seconds: float,
+) -> int:
+    """Clicks at ``rate`` per second on random users and items for ``seconds``; how many."""
+    prod = producer(lane.settings)
+    await prod.start()
+    topic = lane.settings.topic("events.click")
+    n = 0
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            key, value = a_click(rng.choice(users), rng.choice(items), n + 1)
+            await prod.send(topic, key=key, value=orjson.dumps(value))
+            n += 1
+            await asyncio.sleep(max(0.0, n / rate - (time.monotonic() - t0)))
+        await prod.flush()
+    finally:
+        await prod.stop()
+    return n
+
+
 async def first_lists(api: str, users: Sequence[str], timeout_s: float) -> None:
     """Until the API holds a list for every user (its follower read them)."""
     deadline = time.monotonic() + timeout_s
@@ -222,30 +251,23 @@ async def load(
         log.info("push: %d streams open and read their first list in %.1fs", clients, open_s)
         truth = Truth(lane, set(users))
         await truth.start()
-        prod = producer(lane.settings)
-        await prod.start()
-        dropped = reconnected = 0.0
-        try:
-            t0 = time.monotonic()
-            n, dropped_yet = 0, False
-            while (elapsed := time.monotonic() - t0) < seconds:
-                if not dropped_yet and elapsed >= seconds / 2:
-                    dropped_yet, dropped = True, time.time()
-                    for t in tasks:  # every client goes away at once ...
-                        t.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                    await asyncio.sleep(gap_s)
-                    reconnected = time.time()
-                    tasks = open_all()  # ... and comes back with its Last-Event-ID
-                key, value = a_click(rng.choice(users), rng.choice(items), n + 1)
-                await prod.send(
-                    lane.settings.topic("events.click"), key=key, value=orjson.dumps(value)
-                )
-                n += 1
-                await asyncio.sleep(max(0.0, n / rate - (time.monotonic() - t0)))
-            await prod.flush()
-        finally:
-            await prod.stop()
+        window: dict[str, float] = {}
+
+        async def drop_and_return() -> None:
+            nonlocal tasks
+            await asyncio.sleep(seconds / 2)
+            window["dropped"] = time.time()
+            for t in tasks:  # every client goes away at once ...
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(gap_s)
+            window["back"] = time.time()
+            tasks = open_all()  # ... and comes back with its Last-Event-ID
+
+        t0 = time.monotonic()
+        reconnect = asyncio.create_task(drop_and_return())
+        n = await clicks(lane, users, items, rng, rate, seconds)
+        await reconnect
         # Until every list on the topic reached its client, or nothing moves for 20 s.
         last_change, seen = time.monotonic(), -1
         while time.monotonic() - last_change < 20:
@@ -259,7 +281,7 @@ async def load(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return summarize(conns, truth, n, open_s, dropped, reconnected, rate, seconds, gap_s)
+    return summarize(conns, truth, n, open_s, window, rate, seconds, gap_s)
 
 
 def summarize(
@@ -267,8 +289,7 @@ def summarize(
     truth: Truth,
     clicks: int,
     open_s: float,
-    dropped: float,
-    reconnected: float,
+    window: dict[str, float],
     rate: float,
     seconds: float,
     gap_s: float,
@@ -276,11 +297,12 @@ def summarize(
     live: list[float] = []
     resumed = lost = 0
     for eid, (user, ts) in truth.records.items():
-        got = conns[user].read.get(eid)
+        c = conns[user]
+        got = c.read.get(eid)
         if got is None:
             lost += 1
-        elif got[1] >= 2 and ts < reconnected:
-            resumed += 1  # landed while its client was away (or being dropped)
+        elif got[1] >= 2 and ts < c.opened[got[1]]:
+            resumed += 1  # landed before the connection that read it began: while away
         else:
             live.append(1000 * (got[0] - ts))
     errors = [e for c in conns.values() for e in c.errors]
@@ -296,7 +318,7 @@ def summarize(
         "lost": lost,
         "duplicated": sum(c.duplicated for c in conns.values()),
         "reconnect_gap_s": gap_s,
-        "reconnect_window_s": round(reconnected - dropped, 2),
+        "reconnect_window_s": round(window["back"] - window["dropped"], 2),
         "open_seconds": round(open_s, 1),
         "heartbeats": sum(c.heartbeats for c in conns.values()),
         "client_errors": len(errors),
