@@ -94,6 +94,25 @@ async def measure(
     return response
 
 
+class FeedResponse(StreamingResponse):
+    """An SSE response that closes its stream however the connection ends: also when the
+    client leaves before the body is first read (its generator then never runs)."""
+
+    def __init__(self, body: AsyncIterator[bytes], close: Callable[[], None]) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._close = close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()
+
+
 class Service:
     """What the routes do, independent of FastAPI and Serve."""
 
@@ -150,8 +169,8 @@ class Service:
 
     async def open_stream(
         self, user_id: str, scene: str | None, k: int, last_event_id: str | None
-    ) -> AsyncIterator[bytes]:
-        """The SSE body for one client; HTTPException (400, 404, 429, 503) before it starts."""
+    ) -> FeedResponse:
+        """The SSE response for one client; HTTPException (400, 404, 429, 503) before it."""
         self.start()
         if scene is not None and scene not in {"global", *self.settings.scenes}:
             known = ", ".join(sorted({"global", *self.settings.scenes}))
@@ -164,27 +183,29 @@ class Service:
             sub = self.hub.subscribe(user_id)
         except StreamLimitError as exc:
             raise HTTPException(exc.status, exc.detail, headers={"Retry-After": "5"}) from None
+        gauge, counter = _stream_metrics()
+
+        def close() -> None:
+            self.hub.unsubscribe(sub)
+            gauge.set(self.hub.open_streams)
+
         try:
             backlog = await self._backlog(user_id, after)
         except BaseException:
-            self.hub.unsubscribe(sub)
+            close()
             raise
-        gauge, counter = _stream_metrics()
         gauge.set(self.hub.open_streams)
-
-        def counted(kind: str) -> None:
-            counter.inc(tags={"kind": kind})
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in sse_events(
-                    self.hub, sub, backlog, scene, k, self.settings.stream_heartbeat_s, counted
-                ):
-                    yield chunk
-            finally:
-                gauge.set(self.hub.open_streams)
-
-        return body()
+        heartbeat = self.settings.stream_heartbeat_s
+        body = sse_events(
+            self.hub,
+            sub,
+            backlog,
+            scene,
+            k,
+            heartbeat,
+            lambda kind: counter.inc(tags={"kind": kind}),
+        )
+        return FeedResponse(body, close)
 
     async def _backlog(self, user_id: str, after: tuple[int, int] | None) -> list[FeedRecord]:
         """What a new stream sends first: the lists after ``after`` (a resume), or the
@@ -271,7 +292,7 @@ header EventSource sends, or the ``last_event_id`` parameter) resumes after that
 def add_stream_route(api: FastAPI, service: Service) -> None:
     @api.get(
         "/users/{user_id}/feed/stream",
-        response_class=StreamingResponse,
+        response_class=FeedResponse,
         description=STREAM_DOC,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "the stream"},
@@ -291,13 +312,8 @@ def add_stream_route(api: FastAPI, service: Service) -> None:
         from_id: Annotated[
             str | None, Query(alias="last_event_id", max_length=64, description="as the header")
         ] = None,
-    ) -> StreamingResponse:
-        body = await service.open_stream(user_id, scene, k, last_event_id or from_id)
-        return StreamingResponse(
-            body,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    ) -> FeedResponse:
+        return await service.open_stream(user_id, scene, k, last_event_id or from_id)
 
 
 @serve.deployment(

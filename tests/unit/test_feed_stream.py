@@ -284,3 +284,29 @@ async def test_a_resume_older_than_the_ring_reads_the_topic_again(
         more = await read_sse(resp, 1)
     assert [e.id for e in got.events] == ["1-11", "1-12", "1-13", "1-14"]
     assert [e.id for e in more.events] == ["1-15"]
+
+
+async def test_a_client_that_leaves_closes_its_stream(
+    api: tuple[str, Service], http: aiohttp.ClientSession
+) -> None:
+    url, service = api
+    service.hub.apply(record(5))
+    for _ in range(3):  # more than the per-user limit: each leaving frees its slot
+        async with http.get(f"{url}/users/u/feed/stream") as resp:
+            assert resp.status == 200
+            await read_sse(resp, 1)
+            assert service.hub.open_streams == 1
+        await wait_until(lambda: service.hub.open_streams == 0)
+    # And one that leaves before reading anything.
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    writer.write(b"GET /users/u/feed/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await reader.readline()
+    writer.close()
+    await wait_until(lambda: service.hub.open_streams == 0)
+
+
+async def wait_until(cond: Any, timeout_s: float = 5) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not cond():
+            await asyncio.sleep(0.05)
