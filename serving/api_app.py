@@ -293,6 +293,7 @@ def add_stream_route(api: FastAPI, service: Service) -> None:
     @api.get(
         "/users/{user_id}/feed/stream",
         response_class=FeedResponse,
+        status_code=200,  # FastAPI reads it from the response class's __init__ otherwise
         description=STREAM_DOC,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "the stream"},

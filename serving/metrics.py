@@ -22,15 +22,16 @@ API_SECONDS = "scenerec_api_request_seconds"
 API_OPEN_STREAMS = "scenerec_api_open_streams"
 API_STREAM_EVENTS = "scenerec_api_stream_events"  # a counter: _total appended
 
-#: The names as Prometheus sees them on Ray's export port.
-SERVE_METRIC_NAMES: Final = (
-    f"ray_{ENCODER_BATCH}",
-    f"ray_{ENCODER_SECONDS}",
-    f"ray_{API_REQUESTS}_total",
-    f"ray_{API_SECONDS}",
-    f"ray_{API_OPEN_STREAMS}",
-    f"ray_{API_STREAM_EVENTS}_total",
-)
+#: The names as Prometheus sees them on Ray's export port, and their types.
+SERVE_METRICS: Final = {
+    f"ray_{ENCODER_BATCH}": "histogram",
+    f"ray_{ENCODER_SECONDS}": "histogram",
+    f"ray_{API_REQUESTS}_total": "counter",
+    f"ray_{API_SECONDS}": "histogram",
+    f"ray_{API_OPEN_STREAMS}": "gauge",
+    f"ray_{API_STREAM_EVENTS}_total": "counter",
+}
+SERVE_METRIC_NAMES: Final = tuple(SERVE_METRICS)
 
 
 def encoder_metrics() -> tuple[metrics.Histogram, metrics.Histogram]:

@@ -95,6 +95,9 @@ def demo() -> tuple[TestClient, list[tuple[str, str, dict[str, Any]]]]:
 
 def test_demo_page_and_titles(demo: tuple[TestClient, list[Any]]) -> None:
     client, _ = demo
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/users/{user_id}/feed/stream", "/items", "/users/{user_id}/clicks"} <= set(paths)
+    assert "/demo/" not in paths  # the page is not part of the API
     page = client.get("/demo/")
     assert page.status_code == 200 and "EventSource" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing fetched elsewhere
