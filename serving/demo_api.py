@@ -151,7 +151,11 @@ def add_demo_routes(api: FastAPI, demo: DemoBackend) -> None:
         known = [demo.items[i] for i in wanted if i in demo.items]
         return Items(items=known, unknown=[i for i in wanted if i not in demo.items])
 
-    @api.post("/users/{user_id}/profile", status_code=202, response_model=Published)
+    not_json = {400: {"description": "a body that is not JSON"}}
+
+    @api.post(
+        "/users/{user_id}/profile", status_code=202, response_model=Published, responses=not_json
+    )
     async def profile(user_id: UserId, body: ProfileIn) -> Published:
         text_limit = demo.settings.max_text_chars
         if len(body.profile_text) > text_limit:
@@ -167,7 +171,7 @@ def add_demo_routes(api: FastAPI, demo: DemoBackend) -> None:
         "/users/{user_id}/clicks",
         status_code=202,
         response_model=Published,
-        responses={404: {"description": "unknown item"}},
+        responses={**not_json, 404: {"description": "unknown item"}},
     )
     async def click(user_id: UserId, body: ClickIn) -> Published:
         demo.start()
