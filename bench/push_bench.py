@@ -20,6 +20,9 @@ list it sees for a bench user must reach that user's client exactly once.
   when it sends the list) to the event read at the client, for lists that landed while the
   client was connected; the ones that landed while it was away are ``resumed`` (their wait
   includes the gap by design) and reach it after its reconnect;
+* ``latency_ms_outside_reconnect``: the same for lists that landed before the drop or after
+  the last client was back (``reconnect_seconds`` after the gap ended): what a replica
+  delivers when it is not also taking 1,000 reconnects;
 * ``lost``: lists on the topic that never reached the user's client; ``duplicated``: lists
   a client read twice.
 """
@@ -295,6 +298,8 @@ def summarize(
     gap_s: float,
 ) -> dict[str, Any]:
     live: list[float] = []
+    steady: list[float] = []  # lists that landed before the drop or once all were back
+    back = max((c.opened.get(2, 0.0) for c in conns.values()), default=0.0)
     resumed = lost = 0
     for eid, (user, ts) in truth.records.items():
         c = conns[user]
@@ -305,6 +310,8 @@ def summarize(
             resumed += 1  # landed before the connection that read it began: while away
         else:
             live.append(1000 * (got[0] - ts))
+            if ts < window["dropped"] or ts > back:
+                steady.append(live[-1])
     errors = [e for c in conns.values() for e in c.errors]
     return {
         "clients": len(conns),
@@ -314,6 +321,9 @@ def summarize(
         "lists_on_topic": len(truth.records),
         "latency_ms": percentiles(live, (50, 95, 99)) | {"max": round(max(live, default=0), 1)},
         "live_events": len(live),
+        "latency_ms_outside_reconnect": percentiles(steady, (50, 95, 99)),
+        "steady_events": len(steady),
+        "reconnect_seconds": round(back - window["back"], 1),
         "resumed_events": resumed,
         "lost": lost,
         "duplicated": sum(c.duplicated for c in conns.values()),

@@ -151,7 +151,7 @@ def add_demo_routes(api: FastAPI, demo: DemoBackend) -> None:
         known = [demo.items[i] for i in wanted if i in demo.items]
         return Items(items=known, unknown=[i for i in wanted if i not in demo.items])
 
-    not_json = {400: {"description": "a body that is not JSON"}}
+    not_json: dict[int | str, dict[str, Any]] = {400: {"description": "a body that is not JSON"}}
 
     @api.post(
         "/users/{user_id}/profile", status_code=202, response_model=Published, responses=not_json
