@@ -20,13 +20,10 @@ def shown(state: DemoState, titles: dict[str, str]) -> str:
 
 
 def test_lag_counts_the_groups_topics_not_the_catalog() -> None:
+    from streams.app import STREAM_TOPICS, settings
+
     assert "catalog.items" not in GROUP_TOPICS
-    assert set(GROUP_TOPICS) == {
-        "events.click",
-        "events.comment",
-        "events.social",
-        "users.profiles",
-    }
+    assert {settings.topic(t) for t in GROUP_TOPICS} == {t.get_topic_name() for t in STREAM_TOPICS}
 
 
 def test_view_shows_scene_feeds_the_newcomer_and_both_progresses() -> None:
