@@ -48,7 +48,7 @@ from embeddings.ranking import (
     SceneModel,
     Scored,
     _stable_top_k,
-    explain,
+    explain_many,
     leading_terms,
     medians,
 )
@@ -143,6 +143,7 @@ class Ranker:
         self.candidates = candidates or CandidateConfig()
         self.nearest = nearest or ExactNearest(index)
         self._popular: dict[object, IntArray] = {}
+        self._seen_mask = np.zeros(0, np.bool_)
         self._popular_version = -math.inf
 
     def exact(self) -> bool:
@@ -358,7 +359,12 @@ class Ranker:
         mask = self.index.scene_rows(feed.scene)
         keep = np.ones(cand.shape[0], np.bool_) if mask is None else mask[cand]
         if plan.seen_rows.size:
-            keep &= ~np.isin(cand, plan.seen_rows)
+            seen = self._seen_mask
+            if seen.shape[0] < len(self.index):
+                seen = self._seen_mask = np.zeros(2 * len(self.index), np.bool_)
+            seen[plan.seen_rows] = True  # set and cleared again: O(seen + candidates)
+            keep &= ~seen[cand]
+            seen[plan.seen_rows] = False
         return cand[keep]
 
     def _popular_rows(self, scene: object) -> IntArray:
@@ -427,17 +433,16 @@ class Ranker:
                 }
                 if rows:
                     history.prefetch(self.stats, term, sorted(r for r in rows if r is not None))
-        return {
-            feed.name: [
-                Scored(
-                    r.item_id,
-                    r.score,
-                    explain(plan.state, index, self.stats, r, feed.name, feed.user_vec, history),
-                )
-                for r in ranked
+        out = {}
+        for feed, ranked in lists:
+            reasons = explain_many(
+                plan.state, index, self.stats, ranked, feed.name, feed.user_vec, history
+            )
+            out[feed.name] = [
+                Scored(r.item_id, r.score, reason)
+                for r, reason in zip(ranked, reasons, strict=True)
             ]
-            for feed, ranked in lists
-        }
+        return out
 
 
 #: The key of the start row's list among the popular-now lists.

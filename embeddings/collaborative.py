@@ -172,6 +172,16 @@ class Collaborative:
             out -= self.config.age_weight * np.log1p(np.maximum(age_days, 0.0))
         return out
 
+    def neighbours(self, row: int) -> tuple[SparseRow | None, SparseRow | None]:
+        """The transitions out of item ``row`` and its co-occurrences (targets as rows)."""
+        if row >= self.n_items:
+            return None, None
+        return self._trans[row], self._cooc[row]
+
+    def users(self, row: int) -> float:
+        """How many distinct users clicked item ``row``."""
+        return float(self._count[row]) if row < self.n_items else 0.0
+
     def popularity(self, row: int) -> float:
         """Decayed click count of ``row`` as of :attr:`now`."""
         if row >= self.n_items or self._log_pop[row] == -math.inf:

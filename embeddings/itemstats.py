@@ -204,10 +204,6 @@ class DeltaBatch:
         self.source.append(source)
         self.offset.append(offset)
 
-    def extend(self, other: DeltaBatch) -> None:
-        for name in self.__slots__:
-            getattr(self, name).extend(getattr(other, name))
-
     def groups(self) -> dict[int, list[int]]:
         """Positions of the deltas of each key, in order."""
         out: dict[int, list[int]] = {}
@@ -255,11 +251,12 @@ def click_deltas(
 
 
 def apply(row: StatsRow, deltas: DeltaBatch, positions: Sequence[int], config: StatsConfig) -> bool:
-    """Apply the deltas at ``positions`` (all addressed to this row) in order; False if
-    every one was a replay.
+    """Apply the deltas at ``positions`` (all addressed to this row, from one message)
+    in order; False if every one was a replay.
 
-    A source's deltas apply only past the last offset already applied from it; the
-    deltas of one click share its offset and arrive together, so they all apply or none.
+    A source's deltas apply only past the last offset the row applied from it before this
+    message; the deltas of one click share its offset and come in one message, so they
+    all apply or none. A replay of the click comes in another message, and is skipped.
     """
     kinds, targets, weights, times = deltas.kind, deltas.target, deltas.weight, deltas.ts
     sources, offsets = deltas.source, deltas.offset

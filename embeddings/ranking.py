@@ -417,49 +417,90 @@ def explain(
     user_vec: Vector | None,
     history: History | None,
 ) -> str:
-    """Name what lifted the item most: popularity now, or one source of the user's vector.
+    """:func:`explain_many` for one item."""
+    return explain_many(state, index, stats, [ranked], scene, user_vec, history)[0]
+
+
+def explain_many(
+    state: UserState,
+    index: ItemIndex,
+    stats: Collaborative,
+    ranked: Sequence[Ranked],
+    scene: str,
+    user_vec: Vector | None,
+    history: History | None,
+) -> list[str]:
+    """Name what lifted each item most: popularity now, the earlier click the transitions
+    or co-occurrence came from, or one source of the user's vector.
 
     The user's vector is a weighted mean of what pulled it: the items they engaged with,
     their profile text, and the users they follow (their vectors when they pulled). The
     source most similar to the candidate is the largest single term of its similarity, and
-    that source is what the reason names. When it is an item that shares a knowledge-graph
+    that source is what the reason names (on a tie: an item, the most recent first, then
+    the profile, then a followed user). When it is an item that shares a knowledge-graph
     fact with the candidate, the rarest shared fact is named too: the KG part of both
-    vectors is built from those facts.
+    vectors is built from those facts. The similarities of a whole list come from one
+    product.
     """
     where = "across scenes" if scene == GLOBAL else f"in {scene}"
-    item_id = ranked.item_id
-    term = ranked.lead or leading_term(ranked, user_vec is not None)
-    if term in ("transitions", "cooccurrence"):
-        reason = _collaborative_reason(index, stats, item_id, term, where, history)
-        if reason is not None:
-            return reason
-        term = "popularity"
-    if term == "popularity":
-        row = index.row_of(item_id)
-        clicks = 0.0 if row is None else stats.popularity(row)
-        return f"popular now {where} ({clicks:.1f} recent clicks)"
-    cand = index.vector(item_id)
-    if cand is None:
-        return f"{where}: close to your taste"
-    sources: list[tuple[float, str, str]] = []  # (similarity, kind, name), best first below
+    out: list[str | None] = [None] * len(ranked)
+    taste: list[int] = []  # positions whose reason is a source of the user's vector
+    for j, r in enumerate(ranked):
+        term = r.lead or leading_term(r, user_vec is not None)
+        if term in ("transitions", "cooccurrence"):
+            out[j] = _collaborative_reason(index, stats, r.item_id, term, where, history)
+            if out[j] is not None:
+                continue
+            term = "popularity"
+        if term == "popularity":
+            row = index.row_of(r.item_id)
+            clicks = 0.0 if row is None else stats.popularity(row)
+            out[j] = f"popular now {where} ({clicks:.1f} recent clicks)"
+        else:
+            taste.append(j)
+    if taste:
+        reasons = _taste_reasons(state, index, ranked, taste, where, history)
+        for j, reason in zip(taste, reasons, strict=True):
+            out[j] = reason
+    return [r or f"{where}: close to your taste" for r in out]
+
+
+def _taste_reasons(
+    state: UserState,
+    index: ItemIndex,
+    ranked: Sequence[Ranked],
+    positions: Sequence[int],
+    where: str,
+    history: History | None,
+) -> list[str]:
+    """The reasons of the items lifted by the user's taste: the closest source each."""
+    kinds: list[tuple[str, str]] = []  # (kind, name), in tie order: items, profile, users
+    vecs: list[Vector] = []
     if history is not None:
-        sims = history.vectors @ cand
-        j = int(np.argmax(sims))  # the first of equal maxima, in recency order
-        sources.append((float(sims[j]), "item", history.item_ids[j]))
+        kinds += [("item", i) for i in history.item_ids]
+        vecs += list(history.vectors)
     if state.profile_vec is not None:
-        sources.append((float(state.profile_vec @ cand), "profile", ""))
+        kinds.append(("profile", ""))
+        vecs.append(state.profile_vec)
     for user, vec in state.pulled_by.items():
-        sources.append((float(vec @ cand), "user", user))
-    if not sources:
-        return f"{where}: close to your taste"
-    _, kind, name = max(sources, key=lambda t: (t[0], -_SOURCE_RANK[t[1]]))
-    if kind == "item":
-        reason = f"{where}: similar to '{index.title(name)}' you engaged with"
-        fact = index.shared_fact(item_id, name)
-        return reason if fact is None else f"{reason}; both have {fact_label(fact)}"
-    if kind == "user":
-        return f"{where}: close to the taste of {name}, whom you follow"
-    return f"{where}: matches your profile"
+        kinds.append(("user", user))
+        vecs.append(vec)
+    ids = [ranked[j].item_id for j in positions]
+    if not kinds:
+        return [f"{where}: close to your taste"] * len(ids)
+    sims = np.stack(vecs) @ index.vectors_of(ids).T  # (sources, items)
+    out = []
+    for item_id, best in zip(ids, np.argmax(sims, axis=0).tolist(), strict=True):
+        kind, name = kinds[best]  # argmax: the first of equal maxima, in tie order
+        if kind == "item":
+            reason = f"{where}: similar to '{index.title(name)}' you engaged with"
+            fact = index.shared_fact(item_id, name)
+            out.append(reason if fact is None else f"{reason}; both have {fact_label(fact)}")
+        elif kind == "user":
+            out.append(f"{where}: close to the taste of {name}, whom you follow")
+        else:
+            out.append(f"{where}: matches your profile")
+    return out
 
 
 #: The terms :func:`leading_terms` compares, in its tie order.
@@ -521,11 +562,6 @@ def _collaborative_reason(
         return None
     title = index.title(index.item_at(src))
     return f"{where}: the same people engaged with this and with '{title}', which you had"
-
-
-#: Highest similarity wins in :func:`explain`; on a tie, an item before the profile before
-#: a followed user.
-_SOURCE_RANK = {"item": 0, "profile": 1, "user": 2}
 
 
 def fact_label(fact: str) -> str:

@@ -161,10 +161,19 @@ class Service:
 
     async def recommendations(self, user_id: str, scene: str | None, k: int) -> Recommendations:
         self.start()
-        if (payload := self.hub.latest.get(user_id)) is not None:
+        payload = self.hub.latest.get(user_id)
+        if payload is not None and (scene is None or scene in payload.get("scenes", {})):
             return select(payload, scene, k, "stream")
-        if (payload := await self.on_demand(user_id)) is not None:
-            return select(payload, scene, k, "on_demand")
+        try:
+            computed = await self.on_demand(user_id)
+        except HTTPException:
+            if payload is None:
+                raise
+            computed = None  # no worker to ask: the stream's lists, without that scene
+        if computed is not None:
+            return select(computed, scene, k, "on_demand")
+        if payload is not None:
+            return select(payload, scene, k, "stream")
         raise HTTPException(404, f"unknown user {user_id!r}: no state and no recommendations")
 
     async def open_stream(
@@ -221,10 +230,10 @@ class Service:
                 return replayed
         elif (payload := self.hub.latest.get(user_id)) is not None:
             partition, offset = self.hub.latest_at[user_id]
-            return [FeedRecord(partition, offset, user_id, orjson.dumps(payload))]
+            return [FeedRecord(partition, offset, user_id, orjson.dumps(payload), snapshot=True)]
         if (payload := await self.on_demand(user_id)) is not None:
             # Not from the topic: no event id, so a resume starts from the next list.
-            return [FeedRecord(-1, -1, user_id, orjson.dumps(payload))]
+            return [FeedRecord(-1, -1, user_id, orjson.dumps(payload), snapshot=True)]
         raise HTTPException(404, f"unknown user {user_id!r}: no state and no recommendations")
 
 
@@ -282,11 +291,12 @@ def make_api(service: Service) -> FastAPI:
     return api
 
 
-STREAM_DOC = """Server-Sent Events: an ``event: feed`` with the user's list each time a new one
-lands on the recommendations topic (the latest one first), its ``id`` the message's
-``<partition>-<offset>``; a ``: heartbeat`` comment on a quiet stream; ``event: forgotten``
-after ``scenerec forget``, which ends the stream. A reconnect with ``Last-Event-ID`` (the
-header EventSource sends, or the ``last_event_id`` parameter) resumes after that list."""
+STREAM_DOC = """Server-Sent Events: an ``event: feed`` each time a message for the user lands
+on the recommendations topic, with the feeds it changed (the first event has all of them);
+its ``id`` is the message's ``<partition>-<offset>``. A ``: heartbeat`` comment on a quiet
+stream; ``event: forgotten`` after ``scenerec forget``, which ends the stream. A reconnect
+with ``Last-Event-ID`` (the header EventSource sends, or the ``last_event_id`` parameter)
+resumes after that message."""
 
 
 def add_stream_route(api: FastAPI, service: Service) -> None:

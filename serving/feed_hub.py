@@ -1,4 +1,4 @@
-"""Every user's latest list and the open feed streams, fed from the ``recommendations`` topic.
+"""Every user's latest lists and the open feed streams, fed from the ``recommendations`` topic.
 
 The pull API's replica reads the compacted topic from the beginning (``serving.api_app``)
 and hands each record to :meth:`FeedHub.apply`, which keeps the user's latest list (what
@@ -37,6 +37,9 @@ class FeedRecord:
     user_id: str
     value: bytes | None
     timestamp_ms: int | None = None
+    #: The user's merged latest lists (every feed) rather than one message (the feeds that
+    #: message changed): what a new stream starts with.
+    snapshot: bool = False
 
     @property
     def event_id(self) -> str:
@@ -104,10 +107,14 @@ class FeedHub:
             self.latest_at.pop(record.user_id, None)
         else:
             try:
-                self.latest[record.user_id] = orjson.loads(record.value)
+                payload = orjson.loads(record.value)
             except orjson.JSONDecodeError:
                 logger.warning("skipping an unreadable list for %r", record.user_id)
                 return
+            # A message carries the feeds its event changed; the others keep their last list.
+            if (before := self.latest.get(record.user_id)) is not None:
+                payload["scenes"] = {**before.get("scenes", {}), **payload.get("scenes", {})}
+            self.latest[record.user_id] = payload
             self.latest_at[record.user_id] = (record.partition, record.offset)
         self._remember(record)
         for sub in self._subs.get(record.user_id, ()):

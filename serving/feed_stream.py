@@ -119,9 +119,13 @@ async def reread(
     return found
 
 
-def view(payload: dict[str, Any], scene: str | None, k: int) -> dict[str, Any]:
-    """A list as the pull API shows it: one scene or all, at most ``k`` items each."""
+def view(payload: dict[str, Any], scene: str | None, k: int, whole: bool) -> dict[str, Any] | None:
+    """A list as the pull API shows it: one scene or all, at most ``k`` items each. A
+    message that did not change ``scene`` has nothing for its stream (None), unless it is
+    the ``whole`` state a stream starts with."""
     scenes: dict[str, list[Any]] = payload.get("scenes", {})
+    if scene and scene not in scenes and not whole:
+        return None
     chosen = {scene: scenes.get(scene, [])} if scene else scenes
     return {**payload, "scenes": {s: items[:k] for s, items in chosen.items()}}
 
@@ -132,11 +136,12 @@ def sse(event: str, data: dict[str, Any], event_id: str | None) -> bytes:
     return f"{head}event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
 
 
-def event_of(record: FeedRecord, scene: str | None, k: int) -> bytes:
+def event_of(record: FeedRecord, scene: str | None, k: int) -> bytes | None:
     event_id = record.event_id if record.offset >= 0 else None
     if record.value is None:
         return sse("forgotten", {"user_id": record.user_id}, event_id)
-    return sse("feed", view(orjson.loads(record.value), scene, k), event_id)
+    data = view(orjson.loads(record.value), scene, k, record.snapshot)
+    return None if data is None else sse("feed", data, event_id)
 
 
 async def sse_events(
@@ -172,9 +177,9 @@ async def sse_events(
                     yield HEARTBEAT
                     on_event("heartbeat")
                     continue
-            if not fresh(record):
+            if not fresh(record) or (chunk := event_of(record, scene, k)) is None:
                 continue
-            yield event_of(record, scene, k)
+            yield chunk
             on_event("forgotten" if record.value is None else "feed")
             if record.value is None:
                 return

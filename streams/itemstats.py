@@ -83,17 +83,25 @@ class ItemStatsStage:
     def __init__(self, rows: MutableMapping[bytes, bytes], config: StatsConfig) -> None:
         self.rows, self.config = rows, config
 
-    def apply(self, deltas: DeltaBatch) -> dict[int, StatsRow]:
-        """Apply a batch; every row it changed, written back once."""
-        changed: dict[int, StatsRow] = {}
-        for key, positions in deltas.groups().items():
-            raw = self.rows.get(key_bytes(key))
-            row = StatsRow() if raw is None else loads_row(raw)
-            if apply(row, deltas, positions, self.config):
-                changed[key] = row
-        for key, row in changed.items():
-            self.rows[key_bytes(key)] = dumps_row(row)
-        return changed
+    def apply(self, *messages: DeltaBatch) -> dict[int, StatsRow]:
+        """Apply messages of deltas in order; every row they changed, written back once.
+
+        One message at a time: a replayed click's deltas arrive in another message than
+        the first ones, and a row tells them apart by the offsets it applied before it.
+        """
+        rows: dict[int, StatsRow] = {}
+        changed: set[int] = set()
+        for deltas in messages:
+            for key, positions in deltas.groups().items():
+                row = rows.get(key)
+                if row is None:
+                    raw = self.rows.get(key_bytes(key))
+                    row = rows[key] = StatsRow() if raw is None else loads_row(raw)
+                if apply(row, deltas, positions, self.config):
+                    changed.add(key)
+        for key in changed:
+            self.rows[key_bytes(key)] = dumps_row(rows[key])
+        return {key: rows[key] for key in changed}
 
 
 class SharedStats:

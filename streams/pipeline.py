@@ -93,7 +93,9 @@ class Emitter(Protocol):
 class StatsSink(Protocol):
     """Where a batch's click deltas go: the item-stats stage (``streams/itemstats.py``)."""
 
-    async def send(self, deltas: DeltaBatch) -> None: ...
+    async def send(self, deltas: DeltaBatch) -> None:
+        """Return once the deltas are durable: the users' states that count them are
+        written only then, so a replay that finds a click applied finds its deltas sent."""
 
 
 class LocalStats:
@@ -302,11 +304,13 @@ class Pipeline:
         user_of: Callable[[R], str],
         apply: Callable[[UserState, R, int], Awaitable[None] | None],
         every_scene: bool = False,
+        deltas: DeltaBatch | None = None,
     ) -> None:
         """Apply each event to its user's state (idempotent by event_id), then emit.
 
         ``every_scene``: the events change every one of the user's scene vectors (social),
-        not only the global vector and their own scene's.
+        not only the global vector and their own scene's. ``deltas``: what ``apply`` adds
+        for the item statistics, sent (and durable) before any state is written.
         """
         changed: dict[str, Changed] = {}
         # Counted per batch, once per label set: a labels() lookup per event showed up in
@@ -342,6 +346,8 @@ class Pipeline:
             c.every_scene |= every_scene
             changed[user_id] = c
             outcomes[scene, "ok"] += 1
+        if deltas is not None:
+            await self._send_deltas(deltas)
         await self._commit_users(changed)
         for (scene, outcome), n in outcomes.items():
             self.metrics.events.labels(topic, scene, outcome).inc(n)
@@ -447,8 +453,9 @@ class Pipeline:
             self.model.click_deltas(deltas, state, e.item_id, e.ts, source, msg.offset)
             state.apply_item(e.item_id, vec, e.scene, click_weight(e.dwell_ms))
 
-        await self._apply_per_user("events.click", events, lambda e: e.user_id, apply)
-        await self._send_deltas(deltas)
+        await self._apply_per_user(
+            "events.click", events, lambda e: e.user_id, apply, deltas=deltas
+        )
 
     async def on_comments(self, batch: Sequence[Incoming]) -> None:
         events = await self._parse(batch, CommentEvent)
@@ -466,8 +473,9 @@ class Pipeline:
             self.model.click_deltas(deltas, state, e.item_id, e.ts, source, msg.offset)
             state.apply_comment(e.item_id, vec, texts[i], e.scene)
 
-        await self._apply_per_user("events.comment", events, lambda e: e.user_id, apply)
-        await self._send_deltas(deltas)
+        await self._apply_per_user(
+            "events.comment", events, lambda e: e.user_id, apply, deltas=deltas
+        )
 
     async def _send_deltas(self, deltas: DeltaBatch) -> None:
         if len(deltas):
@@ -509,13 +517,13 @@ class Pipeline:
     async def on_item_deltas(self, batch: Sequence[Incoming]) -> None:
         """Click deltas of every worker, for the rows of this worker's partitions."""
         assert self.stage is not None, "a worker that consumes items.deltas has a stage"
-        deltas = DeltaBatch()
+        messages = []
         for msg in batch:
             try:
-                deltas.extend(loads_deltas(msg.value or b""))
+                messages.append(loads_deltas(msg.value or b""))
             except ValueError as exc:
                 await self.dead_letter(msg, BadEvent("bad_item_deltas", str(exc)))
-        changed = self.stage.apply(deltas)
+        changed = self.stage.apply(*messages)
         self.metrics.item_rows_applied.inc(len(changed))
 
     def receive_stats(self, key: int, row: StatsRow) -> None:

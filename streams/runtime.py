@@ -21,7 +21,7 @@ from faust.web import Request, Response, View
 from mode import Service
 
 from embeddings.blended import CandidateConfig
-from embeddings.itemstats import DeltaBatch, dumps_deltas
+from embeddings.itemstats import DeltaBatch, SparseRow, dumps_deltas
 from embeddings.ranking import ItemIndex
 from scenerec.diskcheck import check_writable
 from scenerec.kafka import consumer, ensure_topics
@@ -135,7 +135,8 @@ class FaustEmitter:
 
 class FaustStatsSink:
     """Click deltas to ``items.deltas``: one message per partition, sent to the partition
-    of the items it names (the item-stats table's own partitioning)."""
+    of the items it names (the item-stats table's own partitioning), and flushed before
+    the pipeline writes the states that count them (``StatsSink.send``)."""
 
     def __init__(self, partitions: int) -> None:
         self._partition_of = Partitioner(partitions)
@@ -143,6 +144,7 @@ class FaustStatsSink:
     async def send(self, deltas: DeltaBatch) -> None:
         for partition, part in split_by_partition(deltas, self._partition_of).items():
             await item_deltas_topic.send(value=dumps_deltas(part), partition=partition)
+        await flush_producer(app.producer)
 
 
 def load_index(store: VectorStore, dim: int) -> ItemIndex:
@@ -282,6 +284,37 @@ class RecommendView(View):
         if payload is None:
             return self.json({"error": f"unknown user {user_id!r}"}, status=404)
         return self.json(payload)
+
+
+@app.page("/items/{item_id}/stats")
+class ItemStatsView(View):
+    """What this worker's ranking knows of one item from the shared item statistics."""
+
+    async def get(self, request: Request, item_id: str) -> Response:
+        if _pipeline is None:
+            return self.json({"error": "worker not ready"}, status=503)
+        index, stats = _pipeline.index, _pipeline.model.stats
+        row = index.row_of(item_id)
+        if row is None:
+            return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+        trans, cooc = stats.neighbours(row)
+
+        def named(part: SparseRow | None) -> dict[str, float]:
+            if part is None:
+                return {}
+            rows, weights = part.items()
+            return {index.item_at(int(r)): float(w) for r, w in zip(rows, weights, strict=True)}
+
+        return self.json(
+            {
+                "item_id": item_id,
+                "clicks_now": stats.popularity(row),
+                "users": stats.users(row),
+                "transitions": named(trans),
+                "cooccurrence": named(cooc),
+                "rows_waiting_for_items": _pipeline.shared.pending,
+            }
+        )
 
 
 @app.page("/users/{user_id}/state")

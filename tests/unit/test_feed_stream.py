@@ -310,3 +310,47 @@ async def wait_until(cond: Any, timeout_s: float = 5) -> None:
     async with asyncio.timeout(timeout_s):
         while not cond():
             await asyncio.sleep(0.05)
+
+
+def partial(offset: int, scenes: dict[str, list[str]], user: str = "u") -> FeedRecord:
+    """A message with only the feeds its event changed (streams/pipeline.py)."""
+    body = {
+        "user_id": user,
+        "generated_at": 1.0,
+        "trigger_event_id": f"e{offset}",
+        "model_version": "m",
+        "scenes": {
+            s: [{"item_id": i, "score": 1.0, "reason": "r"} for i in ids]
+            for s, ids in scenes.items()
+        },
+    }
+    return FeedRecord(1, offset, user, orjson.dumps(body))
+
+
+def test_hub_merges_messages_that_carry_some_feeds() -> None:
+    hub = FeedHub()
+    hub.apply(partial(1, {"global": ["1"], "drama": ["2"]}))
+    hub.apply(partial(2, {"global": ["3"]}))
+    scenes = hub.latest["u"]["scenes"]
+    assert [i["item_id"] for i in scenes["global"]] == ["3"]
+    assert [i["item_id"] for i in scenes["drama"]] == ["2"]  # kept from the first message
+
+
+async def test_a_scene_stream_gets_the_messages_that_changed_its_scene(
+    api: tuple[str, Service], http: aiohttp.ClientSession
+) -> None:
+    url, service = api
+    service.hub.apply(partial(1, {"global": ["1"]}))
+    async with http.get(f"{url}/users/u/feed/stream?scene=news") as resp:
+        first = await read_sse(resp, 1)  # all of the user's feeds: none in news yet
+        assert orjson.loads(first.events[0].data)["scenes"] == {"news": []}
+        service.hub.apply(partial(2, {"global": ["2"]}))  # news unchanged: no event
+        service.hub.apply(partial(3, {"global": ["3"], "news": ["4"]}))
+        got = await read_sse(resp, 1)
+    assert got.events[0].id == "1-3"
+    assert orjson.loads(got.events[0].data)["scenes"] == {
+        "news": [{"item_id": "4", "score": 1.0, "reason": "r"}]
+    }
+    async with http.get(f"{url}/users/u/feed/stream") as resp:
+        whole = await read_sse(resp, 1)
+    assert set(orjson.loads(whole.events[0].data)["scenes"]) == {"global", "news"}

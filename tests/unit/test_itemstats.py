@@ -88,6 +88,10 @@ def test_a_replayed_click_counts_once() -> None:
     once = ItemStatsStage({}, CFG)
     once.apply(clicks(once, source, 0, 8))
     assert stage.rows == once.rows
+    # The first deltas and the replay in one batch of the stage (separate messages).
+    together = ItemStatsStage({}, CFG)
+    together.apply(clicks(together, source, 0, 6), clicks(together, source, 2, 6))
+    assert together.rows == once.rows
     # Another source's offsets are its own.
     other = clicks(stage, source_of("events.comment", 3), 0, 1)
     assert stage.apply(other)
