@@ -2,7 +2,8 @@
 # Both install what they need first. Installs are cached outside the clone:
 #   - Python packages: a virtualenv under ~/.cache/scenerec keyed by requirements.lock
 #     (pip's own cache keeps the wheels, so even a new venv downloads nothing twice);
-#   - Kafka's jars: Maven's local repository (~/.m2) plus var/kafka/libs.
+#   - Kafka's jars: Maven's local repository (~/.m2) plus var/kafka/libs;
+#   - for the tests, Debian's chromium (the browser test) and prometheus (with promtool).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +16,7 @@ EVAL_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install kafka demo test unit eval bench lint lock down clean
+.PHONY: install kafka system-tools demo test unit eval bench lint lock down clean
 
 $(STAMP): requirements.lock
 	@echo ">> creating $(VENV) from requirements.lock (cached for later runs)"
@@ -34,10 +35,24 @@ install: $(STAMP)
 kafka: install
 	$(BIN)/python -m deploy.kafka_local install
 
+# Debian packages the tests run: Chromium (Playwright drives it; nothing is downloaded at
+# run time) and Prometheus with promtool. apt-get runs only when one is missing (as root, or
+# through sudo), and refreshes its lists only if the first try fails.
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+APT_INSTALL := $(APT_GET) install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600
+system-tools:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing Debian packages:$$missing"; \
+	  $(APT_INSTALL) $$missing || { $(APT_GET) update -q && $(APT_INSTALL) $$missing; }; \
+	fi
+
 demo: install kafka
 	$(BIN)/python -m scenerec.cli demo $(DEMO_ARGS)
 
-test: install kafka
+test: install kafka system-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Offline quality harness (protocols A, B, C of ../shared/EVALUATION.md) -> results/eval.json

@@ -19,7 +19,8 @@ demo is never touched and phases do not see each other's state. Measured, in ord
 4. ``throughput_events_per_s["100000"]`` on a fresh worker with the synthetic catalog
    (ml-100k's items + template items, bench/catalog.py), its vectors encoded once through
    Ray Serve and cached (bench/encoder_cache.py);
-5. ``scale_out``: two workers, four partitions, then the same with a ``kill -9``.
+5. ``scale_out``: two workers, four partitions, then the same with a ``kill -9``;
+6. ``push``: 1,000 feed streams on one pull API replica (bench/push_bench.py).
 
 ``--profile-seconds N`` records the worker with py-spy during each throughput window and the
 highest fixed-rate latency run, and
@@ -46,7 +47,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import load, profiling, scale_out
+from bench import load, profiling, push_bench, scale_out
 from bench.catalog import synthetic_items
 from bench.stack import (
     BenchStack,
@@ -74,6 +75,7 @@ PHASES = (
     "cold_start",
     "memory",
     "scale_out",
+    "push",
 )
 ML100K = 1682
 
@@ -458,6 +460,8 @@ class Run:
                     self.throughput(catalog)
         if self.wants("scale_out"):
             self.scale_out()
+        if self.wants("push"):  # feed streams under load (bench/push_bench.py)
+            self.result["push"] = push_bench.measure(self.stack, self.data)
 
 
 #: Worker histograms read around each latency run: what the worker saw of the tail.
@@ -517,6 +521,8 @@ def table(result: dict[str, Any]) -> str:
         rows.append((f"memory per 100k users, {k} (MB)", f(v)))
     for k, v in result.get("scale_out", {}).items():
         rows.append((f"scale-out {k}", f(v)))
+    if "push" in result:
+        rows.append(("push p50 / p99, lost, duplicated", push_bench.summary(result["push"])))
     width = max((len(k) for k, _ in rows), default=10)
     return "\n".join(f"{k:<{width}}  {v:>26}" for k, v in rows)
 

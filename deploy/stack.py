@@ -77,6 +77,12 @@ API_SETTINGS = (
     "scenes",
     "top_k",
     "worker_url",
+    "stream_max_open",
+    "stream_max_per_user",
+    "stream_heartbeat_s",
+    "stream_replay_records",
+    "cors_origins",
+    "api_demo",
 )
 
 

@@ -121,6 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = DATASETS["ml-100k"](settings.data_dir)
     info = up(settings)
     print(f"stack up in {info.seconds:.1f}s; streaming at {args.rate:g} events/s", flush=True)
+    print(f"try it in a browser: {info.api_url}demo/ (live feeds of a user you start)", flush=True)
     state = None
     try:
         state = asyncio.run(run_demo(settings, data, args.rate, args.events, args.seconds))
@@ -207,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser(
-        "demo", help="bring the stack up, stream ml-100k and show a live view (the main job)"
+        "demo",
+        help="bring the stack up, stream ml-100k and show a live view (the main job); "
+        "the API serves a page to try it in a browser at /demo/",
     )
     s.add_argument("--rate", type=float, default=200.0, help="clicks per second (default 200)")
     s.add_argument("--events", type=int, default=None, help="stop after N clicks")

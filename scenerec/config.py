@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     #: Where the pull API finds a worker (any worker: requests are routed to the owner).
     worker_url: str | None = None
     app_id: str = "scenerec"
-    # NoDecode: a comma-separated list in the environment, not JSON (see _split_scenes).
+    # NoDecode: a comma-separated list in the environment, not JSON (see _split_lists).
     scenes: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SCENES
     top_k: int = Field(default=10, ge=1, le=1000)
     max_text_chars: int = Field(default=4096, ge=1)
@@ -168,9 +168,24 @@ class Settings(BaseSettings):
     #: the interpreter's setting.
     gc_threshold0: int = Field(default=0, ge=0)
 
-    @field_validator("scenes", mode="before")
+    # --- pull API: feed streams and the demo page -----------------------------------------
+    #: Open feed streams one API replica serves at most (503 beyond), and per user (429).
+    stream_max_open: int = Field(default=2000, ge=1)
+    stream_max_per_user: int = Field(default=8, ge=1)
+    #: Seconds between heartbeat comments on a quiet stream (proxies close idle ones).
+    stream_heartbeat_s: float = Field(default=15.0, gt=0)
+    #: Recent lists a replica keeps to resume streams from; an older Last-Event-ID reads
+    #: the topic again.
+    stream_replay_records: int = Field(default=20_000, ge=0)
+    #: Origins allowed to call the API from a browser (CORS); empty: same origin only.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Serve the demo page at /demo/ and the endpoints it uses to publish profiles and
+    #: clicks to Kafka; off where only apps publish.
+    api_demo: bool = True
+
+    @field_validator("scenes", "cors_origins", mode="before")
     @classmethod
-    def _split_scenes(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         # Environment variables arrive as "a,b,c"; a JSON list is accepted too.
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return tuple(s.strip() for s in value.split(",") if s.strip())

@@ -8,6 +8,11 @@ the worker that owns the user's state (``/users/{id}/recommendations`` on any wo
 to the owner). Unknown users get 404, bad parameters 422; ``/healthz`` and the OpenAPI spec
 (``/openapi.json``, ``/docs``) come with FastAPI.
 
+``GET /users/{user_id}/feed/stream?scene=&k=`` pushes the same lists as Server-Sent Events
+as they land (``serving.feed_stream``; docs/api.md). With ``SCENEREC_API_DEMO`` the replica
+also serves the demo page at ``/demo/`` and the endpoints it publishes with
+(``serving.demo_api``).
+
 The replica builds its settings from explicit non-secret overrides (bootstrap, topic prefix,
 worker URL, scenes) plus its own environment, so secrets (SASL password) reach it from the
 cluster's environment and never travel in the Serve app's config.
@@ -18,24 +23,27 @@ cluster's environment and never travel in the Serve app's config.
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
-from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 
 from scenerec.config import Settings
-from scenerec.kafka import assigned_partitions, consumer
-from serving.metrics import api_metrics
+from serving.demo_api import DemoBackend, add_demo_routes
+from serving.feed_hub import FeedHub, FeedRecord, HubLimits, StreamLimitError, parse_event_id
+from serving.feed_stream import follow, keep_running, reread, sse_events
+from serving.metrics import api_metrics, stream_metrics
 from streams.records import Recommendations as StreamRecommendations
 from streams.records import RecommendedItem
-from streams.topics import RECOMMENDATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -52,54 +60,6 @@ class Health(BaseModel):
     status: str
     users_cached: int
     caught_up: bool
-
-
-class LatestRecommendations:
-    """The last list per user from the recommendations topic, read from the beginning."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self.latest: dict[str, dict[str, Any]] = {}
-        self.caught_up = False
-
-    async def follow(self) -> None:
-        topic = self._settings.topic(RECOMMENDATIONS.name)
-        cons = consumer(self._settings, enable_auto_commit=False, group_id=None)
-        await cons.start()
-        try:
-            # Every partition, from the start: the topic is compacted, so that is the
-            # latest list of every user (or a tombstone).
-            tps = await assigned_partitions(cons, topic)
-            await cons.seek_to_beginning(*tps)
-            end = await cons.end_offsets(tps)
-            while True:
-                batches = await cons.getmany(timeout_ms=200, max_records=5000)
-                for records in batches.values():
-                    for r in records:
-                        self.apply(r.key, r.value)
-                if not self.caught_up:
-                    positions = [await cons.position(tp) for tp in tps]
-                    self.caught_up = all(p >= end[tp] for p, tp in zip(positions, tps, strict=True))
-        finally:
-            await cons.stop()
-
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None:
-            return
-        user_id = key.decode("utf-8", errors="replace")
-        if value is None:  # tombstone: the user was forgotten
-            self.latest.pop(user_id, None)
-            return
-        try:
-            payload = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            logger.warning("skipping an unreadable recommendations message for %r", user_id)
-            return
-        # A message carries the feeds its event changed; the others keep their last list.
-        before = self.latest.get(user_id)
-        if before is not None:
-            payload["scenes"] = {**before.get("scenes", {}), **payload.get("scenes", {})}
-        self.latest[user_id] = payload
 
 
 def select(payload: dict[str, Any], scene: str | None, k: int, source: str) -> Recommendations:
@@ -134,20 +94,53 @@ async def measure(
     return response
 
 
+class FeedResponse(StreamingResponse):
+    """An SSE response that closes its stream however the connection ends: also when the
+    client leaves before the body is first read (its generator then never runs)."""
+
+    def __init__(self, body: AsyncIterator[bytes], close: Callable[[], None]) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._close = close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()
+
+
 class Service:
     """What the routes do, independent of FastAPI and Serve."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cache = LatestRecommendations(settings)
+        self.hub = FeedHub(
+            HubLimits(
+                max_open=settings.stream_max_open,
+                max_per_user=settings.stream_max_per_user,
+                replay_records=settings.stream_replay_records,
+            )
+        )
+        self.caught_up = False
+        self.demo = DemoBackend(settings) if settings.api_demo else None
         self._follower: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         # Started lazily on the replica's event loop (the constructor may not run on it).
-        if self._follower is None or self._follower.done():
-            if self._follower is not None and (exc := self._follower.exception()) is not None:
-                logger.error("recommendations follower stopped: %r; restarting", exc)
-            self._follower = asyncio.get_running_loop().create_task(self.cache.follow())
+        self._follower = keep_running(
+            self._follower,
+            lambda: follow(self.settings, self.hub, self._caught_up),
+            "recommendations follower",
+        )
+        if self.demo is not None:
+            self.demo.start()
+
+    def _caught_up(self) -> None:
+        self.caught_up = True
 
     async def on_demand(self, user_id: str) -> dict[str, Any] | None:
         # A session per call: the on-demand path is rare (a user with no list yet).
@@ -168,7 +161,7 @@ class Service:
 
     async def recommendations(self, user_id: str, scene: str | None, k: int) -> Recommendations:
         self.start()
-        payload = self.cache.latest.get(user_id)
+        payload = self.hub.latest.get(user_id)
         if payload is not None and (scene is None or scene in payload.get("scenes", {})):
             return select(payload, scene, k, "stream")
         try:
@@ -183,15 +176,93 @@ class Service:
             return select(payload, scene, k, "stream")
         raise HTTPException(404, f"unknown user {user_id!r}: no state and no recommendations")
 
+    async def open_stream(
+        self, user_id: str, scene: str | None, k: int, last_event_id: str | None
+    ) -> FeedResponse:
+        """The SSE response for one client; HTTPException (400, 404, 429, 503) before it."""
+        self.start()
+        if scene is not None and scene not in {"global", *self.settings.scenes}:
+            known = ", ".join(sorted({"global", *self.settings.scenes}))
+            raise HTTPException(404, f"unknown scene {scene!r}; the scenes are {known}")
+        try:
+            after = parse_event_id(last_event_id) if last_event_id else None
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        try:
+            sub = self.hub.subscribe(user_id)
+        except StreamLimitError as exc:
+            raise HTTPException(exc.status, exc.detail, headers={"Retry-After": "5"}) from None
+        gauge, counter = _stream_metrics()
+
+        def close() -> None:
+            self.hub.unsubscribe(sub)
+            gauge.set(self.hub.open_streams)
+
+        try:
+            backlog = await self._backlog(user_id, after)
+        except BaseException:
+            close()
+            raise
+        gauge.set(self.hub.open_streams)
+        heartbeat = self.settings.stream_heartbeat_s
+        body = sse_events(
+            self.hub,
+            sub,
+            backlog,
+            scene,
+            k,
+            heartbeat,
+            lambda kind: counter.inc(tags={"kind": kind}),
+        )
+        return FeedResponse(body, close)
+
+    async def _backlog(self, user_id: str, after: tuple[int, int] | None) -> list[FeedRecord]:
+        """What a new stream sends first: the lists after ``after`` (a resume), or the
+        latest list; 404 for a user no list and no worker knows."""
+        if after is not None:
+            partition, offset = after
+            upto = self.hub.next_offset.get(partition, 0)
+            replayed = self.hub.replay(user_id, partition, offset)
+            if replayed is None:
+                # Lists from ``upto`` on reach the stream's queue, which it joined first.
+                replayed = await reread(self.settings, user_id, partition, offset, upto)
+            if replayed or user_id in self.hub.latest:
+                return replayed
+        elif (payload := self.hub.latest.get(user_id)) is not None:
+            partition, offset = self.hub.latest_at[user_id]
+            return [FeedRecord(partition, offset, user_id, orjson.dumps(payload), snapshot=True)]
+        if (payload := await self.on_demand(user_id)) is not None:
+            # Not from the topic: no event id, so a resume starts from the next list.
+            return [FeedRecord(-1, -1, user_id, orjson.dumps(payload), snapshot=True)]
+        raise HTTPException(404, f"unknown user {user_id!r}: no state and no recommendations")
+
+
+_streams: tuple[Any, Any] | None = None
+
+
+def _stream_metrics() -> tuple[Any, Any]:
+    global _streams
+    if _streams is None:
+        _streams = stream_metrics()
+    return _streams
+
 
 def make_api(service: Service) -> FastAPI:
     """The FastAPI app, built once the scenes are known so the spec can enumerate them."""
     api = FastAPI(
         title="SceneRec pull API",
         version="0.1.0",
-        description="The latest per-scene recommendations of a user.",
+        description="The latest per-scene recommendations of a user, pulled or pushed (SSE).",
     )
     api.middleware("http")(measure)
+    if service.settings.cors_origins:
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(service.settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Last-Event-ID"],
+            max_age=600,
+        )
     scenes = sorted({"global", *service.settings.scenes})
     # An Enum: the OpenAPI spec lists the valid scenes, and FastAPI answers 422 for others.
     Scene = Enum("Scene", {s: s for s in scenes}, type=str)  # type: ignore[misc]
@@ -199,8 +270,8 @@ def make_api(service: Service) -> FastAPI:
     @api.get("/healthz", response_model=Health)
     async def healthz() -> Health:
         service.start()
-        cache = service.cache
-        return Health(status="ok", users_cached=len(cache.latest), caught_up=cache.caught_up)
+        hub = service.hub
+        return Health(status="ok", users_cached=len(hub.latest), caught_up=service.caught_up)
 
     @api.get(
         "/users/{user_id}/recommendations",
@@ -214,7 +285,46 @@ def make_api(service: Service) -> FastAPI:
     ) -> Recommendations:
         return await service.recommendations(user_id, scene.value if scene else None, k)
 
+    add_stream_route(api, service)
+    if service.demo is not None:
+        add_demo_routes(api, service.demo)
     return api
+
+
+STREAM_DOC = """Server-Sent Events: an ``event: feed`` each time a message for the user lands
+on the recommendations topic, with the feeds it changed (the first event has all of them);
+its ``id`` is the message's ``<partition>-<offset>``. A ``: heartbeat`` comment on a quiet
+stream; ``event: forgotten`` after ``scenerec forget``, which ends the stream. A reconnect
+with ``Last-Event-ID`` (the header EventSource sends, or the ``last_event_id`` parameter)
+resumes after that message."""
+
+
+def add_stream_route(api: FastAPI, service: Service) -> None:
+    @api.get(
+        "/users/{user_id}/feed/stream",
+        response_class=FeedResponse,
+        status_code=200,  # FastAPI reads it from the response class's __init__ otherwise
+        description=STREAM_DOC,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "the stream"},
+            400: {"description": "a Last-Event-ID that is not <partition>-<offset>"},
+            404: {"description": "unknown user or unknown scene"},
+            429: {"description": "too many streams open for this user"},
+            503: {"description": "too many streams open on this replica, or no worker"},
+        },
+    )
+    async def feed_stream(
+        user_id: Annotated[str, Path(min_length=1, max_length=256)],
+        scene: Annotated[
+            str | None, Query(max_length=256, description="one scene, or 'global'")
+        ] = None,
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+        last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+        from_id: Annotated[
+            str | None, Query(alias="last_event_id", max_length=64, description="as the header")
+        ] = None,
+    ) -> FeedResponse:
+        return await service.open_stream(user_id, scene, k, last_event_id or from_id)
 
 
 @serve.deployment(
@@ -236,5 +346,9 @@ class RecommendationsApi:
 
 
 def build_api_app(overrides: dict[str, Any]) -> Application:
-    app: Application = RecommendationsApi.bind(overrides)  # type: ignore[attr-defined]
+    # Every open stream is an ongoing request of its replica: room for all of them, plus
+    # the pull requests, before Serve would queue one.
+    limit = Settings(**overrides).stream_max_open + 100
+    deployment = RecommendationsApi.options(max_ongoing_requests=limit)  # type: ignore[attr-defined]
+    app: Application = deployment.bind(overrides)
     return app

@@ -19,14 +19,19 @@ ENCODER_BATCH = "scenerec_encoder_replica_batch_size"
 ENCODER_SECONDS = "scenerec_encoder_replica_seconds"
 API_REQUESTS = "scenerec_api_requests"  # Ray's exporter appends _total to counters
 API_SECONDS = "scenerec_api_request_seconds"
+API_OPEN_STREAMS = "scenerec_api_open_streams"
+API_STREAM_EVENTS = "scenerec_api_stream_events"  # a counter: _total appended
 
-#: The names as Prometheus sees them on Ray's export port.
-SERVE_METRIC_NAMES: Final = (
-    f"ray_{ENCODER_BATCH}",
-    f"ray_{ENCODER_SECONDS}",
-    f"ray_{API_REQUESTS}_total",
-    f"ray_{API_SECONDS}",
-)
+#: The names as Prometheus sees them on Ray's export port, and their types.
+SERVE_METRICS: Final = {
+    f"ray_{ENCODER_BATCH}": "histogram",
+    f"ray_{ENCODER_SECONDS}": "histogram",
+    f"ray_{API_REQUESTS}_total": "counter",
+    f"ray_{API_SECONDS}": "histogram",
+    f"ray_{API_OPEN_STREAMS}": "gauge",
+    f"ray_{API_STREAM_EVENTS}_total": "counter",
+}
+SERVE_METRIC_NAMES: Final = tuple(SERVE_METRICS)
 
 
 def encoder_metrics() -> tuple[metrics.Histogram, metrics.Histogram]:
@@ -56,3 +61,15 @@ def api_metrics() -> tuple[metrics.Counter, metrics.Histogram]:
         tag_keys=("route",),
     )
     return requests, seconds
+
+
+def stream_metrics() -> tuple[metrics.Gauge, metrics.Counter]:
+    open_streams = metrics.Gauge(
+        API_OPEN_STREAMS, description="Feed streams (SSE) open on a pull API replica"
+    )
+    events = metrics.Counter(
+        API_STREAM_EVENTS,
+        description="Events sent on feed streams by kind (feed, forgotten, heartbeat)",
+        tag_keys=("kind",),
+    )
+    return open_streams, events

@@ -3,6 +3,9 @@
 ``QdrantClientStore(url=..., api_key=...)`` talks to a server; ``QdrantClientStore(path=...)`` and
 ``QdrantClientStore(location=":memory:")`` use qdrant-client's pure-Python local mode, which is
 slow (see :mod:`vectorstore`) but needs no server: tests run the same cases against it.
+``QdrantClientStore(client=...)`` uses a client its caller built and owns (one connection pool
+for several stores, or options this class does not expose); the tests run the server cases
+that way over one long-lived local-mode client when no server is reachable.
 
 The api key is handed to qdrant-client and never kept here: it appears in no repr, log line or
 error message (messages from qdrant-client are scrubbed of it before they are re-raised).
@@ -15,6 +18,7 @@ import fcntl
 import os
 import threading
 import urllib.parse
+import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,13 +87,37 @@ def _local_storage_in_use(path: Path) -> bool:
         os.close(fd)
 
 
+def _is_local_client(client: QdrantClient) -> bool:
+    options = client.init_options
+    return bool(options.get("location") == ":memory:" or options.get("path"))
+
+
+def _describe(url: str | None, path: Path | str | None, client: QdrantClient | None) -> str:
+    """Where the store lives, for messages: never a secret."""
+    if url is not None:
+        return _redact_url(url)
+    if path:
+        return str(path)
+    if client is None:
+        return ":memory:"
+    options = client.init_options
+    if options.get("path"):
+        return str(options["path"])
+    if options.get("url"):
+        return _redact_url(str(options["url"]))
+    if options.get("host"):
+        return f"{options['host']}:{options.get('port', 6333)}"
+    return ":memory:"
+
+
 def _to_array(value: Any) -> Vector:
     return np.asarray(value, dtype=np.float32)
 
 
 class QdrantClientStore(VectorStore):
-    """A vector store on a Qdrant server (``url``) or in qdrant-client local mode (``path``,
-    ``location=":memory:"``). Exactly one of ``url``, ``path`` and ``location`` is required.
+    """A vector store on a Qdrant server (``url``), in qdrant-client local mode (``path``,
+    ``location=":memory:"``), or on a caller's ``client`` (not closed by :meth:`close`: its
+    owner closes it). Exactly one of ``url``, ``path``, ``location`` and ``client`` is required.
 
     ``collection_prefix`` is prepended to the collection names (``items``, ``users``), so that
     several deployments or test runs can share one server. ``check_compatibility`` is passed to
@@ -110,11 +138,13 @@ class QdrantClientStore(VectorStore):
         batch_size: int = 256,
         check_compatibility: bool = True,
         hnsw_ef: int | None = None,
+        client: QdrantClient | None = None,
     ) -> None:
-        given = [name for name, v in (("url", url), ("path", path), ("location", location)) if v]
+        choices = (("url", url), ("path", path), ("location", location), ("client", client))
+        given = [name for name, v in choices if v]
         if len(given) != 1:
             raise ValueError(
-                "exactly one of url, path and location must be given, got "
+                "exactly one of url, path, location and client must be given, got "
                 + (", ".join(given) if given else "none")
             )
         if location is not None and location != ":memory:":
@@ -129,8 +159,9 @@ class QdrantClientStore(VectorStore):
             raise ValueError(f"hnsw_ef must be positive, got {hnsw_ef}")
         self._search_params = models.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
         self._secret = api_key
-        self._local = url is None
-        self._where = _redact_url(url) if url is not None else (str(path) if path else ":memory:")
+        self._owns_client = client is None
+        self._local = url is None and (client is None or _is_local_client(client))
+        self._where = _describe(url, path, client)
         self._names: dict[str, str] = {
             ITEMS: f"{collection_prefix}{ITEMS}",
             USERS: f"{collection_prefix}{USERS}",
@@ -141,7 +172,9 @@ class QdrantClientStore(VectorStore):
         # Cached schema: collection -> vector name -> size ("" = the unnamed vector).
         self._vectors: dict[str, dict[str, int]] = {}
         with self._errors("connect"):
-            if url is not None:
+            if client is not None:
+                self._client = client
+            elif url is not None:
                 self._client = QdrantClient(
                     url=url,
                     api_key=api_key,
@@ -163,7 +196,7 @@ class QdrantClientStore(VectorStore):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         key = ", api_key=***" if self._secret else ""
-        mode = "local" if self._local else "url"
+        mode = "client" if not self._owns_client else "local" if self._local else "url"
         return f"QdrantClientStore({mode}={self._where!r}{key}, {state})"
 
     @property
@@ -308,10 +341,11 @@ class QdrantClientStore(VectorStore):
                 raise
 
     def _ensure_scene_index(self) -> None:
-        if self._local:
-            return  # local mode has no payload indexes (qdrant-client warns and ignores them)
         coll = self._names[ITEMS]
-        with self._errors(f"create payload index on {coll!r}"):
+        with self._errors(f"create payload index on {coll!r}"), warnings.catch_warnings():
+            # Local mode keeps no payload indexes (it scans): it says so once and ignores the
+            # call, so every backend runs this same code.
+            warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
             schema = self._client.get_collection(coll).payload_schema or {}
             if "scenes" not in schema:
                 self._client.create_payload_index(
@@ -496,5 +530,6 @@ class QdrantClientStore(VectorStore):
             if self._closed:
                 return
             self._closed = True
-            with self._errors("close"):
-                self._client.close()
+            if self._owns_client:
+                with self._errors("close"):
+                    self._client.close()

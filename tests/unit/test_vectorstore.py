@@ -1,7 +1,11 @@
 """The vector store: one set of cases run against every backend.
 
-Backends: Qdrant Edge in tmp_path, qdrant-client local mode in tmp_path, and a Qdrant server when
-QDRANT_URL is set (QDRANT_API_KEY optional; collections get a unique prefix and are dropped after).
+Backends: Qdrant Edge in tmp_path, qdrant-client local mode in tmp_path, and the server backend:
+a Qdrant server when QDRANT_URL is set (QDRANT_API_KEY optional), otherwise the same code over
+one long-lived qdrant-client in local mode (``location=":memory:"``) standing in for the server.
+Either way collections get a unique prefix, stores open and close against a backend that
+outlives them, and the collections are dropped after. docs/deploy.md lists what local mode does
+differently from a server.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
 
 from vectorstore import (
     GLOBAL_VECTOR,
@@ -44,15 +49,27 @@ Opener = Callable[[], VectorStore]
 BACKENDS = [
     pytest.param("edge", id="edge"),
     pytest.param("local", id="qdrant-local"),
-    pytest.param(
-        "server",
-        id="qdrant-server",
-        marks=pytest.mark.skipif(
-            not os.environ.get("QDRANT_URL"),
-            reason="QDRANT_URL is not set: no Qdrant server to run the server backend against",
-        ),
-    ),
+    pytest.param("server", id="qdrant-server"),
 ]
+
+
+def server_client() -> QdrantClient:
+    """The server's client: a real server when QDRANT_URL is set, else local mode in memory."""
+    if url := os.environ.get("QDRANT_URL"):
+        return QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY") or None)
+    return QdrantClient(location=":memory:")
+
+
+def server_store(client: QdrantClient, prefix: str) -> QdrantClientStore:
+    if url := os.environ.get("QDRANT_URL"):
+        # The store's own connection code, as the worker opens it.
+        return QdrantClientStore(
+            url=url,
+            api_key=os.environ.get("QDRANT_API_KEY") or None,
+            collection_prefix=prefix,
+            batch_size=BATCH,
+        )
+    return QdrantClientStore(client=client, collection_prefix=prefix, batch_size=BATCH)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -61,6 +78,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     kind: str = request.param
     prefix = f"test_{uuid.uuid4().hex[:12]}_"
     opened: list[VectorStore] = []
+    server = server_client() if kind == "server" else None
 
     def open_() -> VectorStore:
         store: VectorStore
@@ -69,30 +87,21 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
         elif kind == "local":
             store = QdrantClientStore(path=tmp_path / "qdrant-local", batch_size=BATCH)
         else:
-            store = QdrantClientStore(
-                url=os.environ["QDRANT_URL"],
-                api_key=os.environ.get("QDRANT_API_KEY") or None,
-                collection_prefix=prefix,
-                batch_size=BATCH,
-            )
+            assert server is not None
+            store = server_store(server, prefix)
         opened.append(store)
         return store
 
     yield open_
     for store in opened:
         store.close()
-    if kind == "server":
-        from qdrant_client import QdrantClient
-
-        client = QdrantClient(
-            url=os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY") or None
-        )
+    if server is not None:
         try:
             for name in ("items", "users"):
-                if client.collection_exists(prefix + name):
-                    client.delete_collection(prefix + name)
+                if server.collection_exists(prefix + name):
+                    server.delete_collection(prefix + name)
         finally:
-            client.close()
+            server.close()
 
 
 @pytest.fixture
@@ -442,6 +451,34 @@ def test_local_mode_second_store_is_locked(tmp_path: Path) -> None:
         pytest.raises(StoreLockedError, match=re.escape(str(tmp_path / "q"))),
     ):
         QdrantClientStore(path=tmp_path / "q")
+
+
+def test_server_serves_several_stores_and_outlives_them() -> None:
+    client = server_client()
+    prefix = f"test_{uuid.uuid4().hex[:12]}_"
+    try:
+        with server_store(client, prefix) as writer, server_store(client, prefix) as reader:
+            writer.ensure_collections(DIM, SCENES)
+            writer.upsert_items(make_items(4))
+            assert reader.count("items") == 4  # no lock: a server takes many clients
+        with server_store(client, prefix) as again:  # closing a store left the server up
+            assert again.count("items") == 4
+    finally:
+        for name in ("items", "users"):
+            if client.collection_exists(prefix + name):
+                client.delete_collection(prefix + name)
+        client.close()
+
+
+def test_caller_client_is_left_open(tmp_path: Path) -> None:
+    client = QdrantClient(location=":memory:")
+    with QdrantClientStore(client=client) as s:
+        s.ensure_collections(DIM, SCENES)
+        assert s.is_local and "client=" in repr(s)
+    assert client.collection_exists("items")  # still usable: its owner closes it
+    client.close()
+    with pytest.raises(ValueError, match="client"):
+        QdrantClientStore(url="http://x", client=QdrantClient(location=":memory:"))
 
 
 def test_in_memory_local_mode(tmp_path: Path) -> None:
