@@ -325,7 +325,9 @@ class Ranker:
                 comps = self._sparse_components(plan, feed, cand)
                 scores = blend(plan.w[None, :], [c[None, :] for c in comps])[0]
                 pick = _stable_top_k(-scores, self.k)
-                lifts = _lifts(comps, plan.w, np.arange(cand.size), pick, feed.user_vec is not None)
+                mids = _candidate_medians(comps, plan.w)
+                values = [c[pick] for c in comps]
+                lifts = _lifts_from(values, mids, plan.w, feed.user_vec is not None)
                 lists.append((feed, self._ranked(cand[pick], scores[pick], lifts)))
             out.append(self._explained(plan, lists))
         return out
@@ -508,7 +510,8 @@ def _catalog_medians(
 def _lifts_from(
     values: Sequence[FloatArray], mids: Sequence[float], w: FloatArray, has_vector: bool
 ) -> list[tuple[list[float], str]]:
-    """Each top item's lift per term (``w_c * (value - median)``) and the leading term."""
+    """Each top item's lift per term (``w_c * (value - median)``) and the leading term: the
+    two similarity terms count as one (both are the user's taste)."""
     lift = np.stack([w[c] * (values[c] - mids[c]) for c in range(len(values))])
     # In the order of ranking.TERMS: similarity, popularity, transitions, co-occurrence.
     terms = np.stack(
@@ -518,30 +521,12 @@ def _lifts_from(
     return list(zip(terms.T.tolist(), leads, strict=True))
 
 
-def _lifts(
-    comps: Sequence[FloatArray],
-    w: FloatArray,
-    cand: IntArray,
-    top: IntArray,
-    has_vector: bool,
-) -> list[tuple[list[float], str]]:
-    """Each top item's lift per term above the candidates' median, and the leading term.
-
-    The two similarity terms count as one (both are the user's taste); a term with no data
-    (all zeros) lifts nothing.
-    """
-    if cand.size == 0 or top.size == 0:
-        return []
-    lift = np.zeros((len(comps), top.size), dtype=np.float64)
+def _candidate_medians(comps: Sequence[FloatArray], w: FloatArray) -> list[float]:
+    """Each weighted term's median over a feed's candidates (0 for a term with no data),
+    with one partition call for all of them."""
+    mids = [0.0] * len(comps)
     used = [c for c, comp in enumerate(comps) if w[c] and comp.any()]
     if used:
-        # One partition call for all the terms, over the candidates' values only.
-        mids = medians(np.stack([comps[c][cand] for c in used]))
-        for j, c in enumerate(used):
-            lift[c] = w[c] * (comps[c][top] - mids[j])
-    # In the order of ranking.TERMS: similarity, popularity, transitions, co-occurrence.
-    terms = np.stack(
-        [lift[SIMILARITY] + lift[GATED], lift[POPULARITY], lift[TRANSITIONS], lift[COOCCURRENCE]]
-    )
-    leads = leading_terms(terms, has_vector)
-    return list(zip(terms.T.tolist(), leads, strict=True))
+        for c, m in zip(used, medians(np.stack([comps[c] for c in used])).tolist(), strict=True):
+            mids[c] = m
+    return mids
