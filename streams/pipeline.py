@@ -542,6 +542,7 @@ class Pipeline:
                 await self.dead_letter(msg, BadEvent("bad_item_deltas", str(exc)))
         changed = self.stage.apply(*messages)
         self.metrics.item_rows_applied.inc(len(changed))
+        await self.emitter.flush()  # the rows are in the changelog before progress says so
         for msg in batch:
             self.deltas_applied[msg.partition] = max(
                 self.deltas_applied.get(msg.partition, 0), msg.offset + 1

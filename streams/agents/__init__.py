@@ -72,6 +72,7 @@ async def consume(
     within_s: float,
     within_max_s: float,
     batch_max_users: int | None = None,
+    retries: int | None = RETRIES,
 ) -> None:
     """Batches off ``stream`` into ``handler``; a batch is acked only once handled.
 
@@ -98,18 +99,28 @@ async def consume(
         if oldest is not None:  # Kafka timestamps are wall-clock seconds
             metrics.batch_oldest_age_seconds.labels(topic).observe(max(0.0, time.time() - oldest))
         pipe = await get_pipeline()
-        flush_s = await handle(pipe, batch, handler, topic)
+        flush_s = await handle(pipe, batch, handler, topic, retries)
         ended = time.perf_counter()
         handled_s = ended - started
         metrics.processing_seconds.labels(topic).observe(handled_s)
 
 
-async def handle(pipe: Pipeline, batch: Sequence[Incoming], handler: Handler, topic: str) -> float:
-    """``handler(pipe, batch)`` then flush, retried; dead-letter the batch if it keeps failing.
+async def handle(
+    pipe: Pipeline,
+    batch: Sequence[Incoming],
+    handler: Handler,
+    topic: str,
+    retries: int | None = RETRIES,
+) -> float:
+    """``handler(pipe, batch)`` then flush, retried; dead-letter the batch if it keeps failing
+    ``retries`` times (None: retry until it succeeds, for input whose loss would skew what
+    every worker learns, such as click deltas; the lag shows the stall).
 
     Returns how many seconds the flush took (0 for a batch that was dead-lettered).
     """
-    for attempt in range(1, RETRIES + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             await handler(pipe, batch)
             flushing = time.perf_counter()
@@ -119,10 +130,9 @@ async def handle(pipe: Pipeline, batch: Sequence[Incoming], handler: Handler, to
             return flushed_s
         except Exception as exc:
             log.exception("batch of %d from %s failed (attempt %d)", len(batch), topic, attempt)
-            if attempt == RETRIES:
+            if attempt == retries:
                 for msg in batch:
                     await pipe.dead_letter(msg, BadEvent("processing_error", repr(exc)))
                 await pipe.emitter.flush()
-            else:
-                await asyncio.sleep(0.5 * 2**attempt)
-    return 0.0
+                return 0.0
+            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))

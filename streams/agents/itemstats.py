@@ -26,4 +26,5 @@ async def process_item_deltas(stream: faust.StreamT[bytes]) -> None:
         settings.batch_max,
         settings.stats_batch_within_s,
         settings.stats_batch_within_s,
+        retries=None,  # a dead-lettered delta would be a click every worker never learns
     )
