@@ -52,7 +52,7 @@ from evaluation.pipeline_model import (
 )
 from scenerec.config import Settings
 from scenerec.datasets import load_ml100k
-from scenerec.kafka import consumer, producer
+from scenerec.kafka import assigned_partitions, consumer, producer
 
 log = logging.getLogger("evaluation.replay")
 
@@ -129,14 +129,14 @@ class KafkaDriver:
         settings: Settings,
         prod: AIOKafkaProducer,
         inbox: RecInbox,
-        meta: AIOKafkaConsumer,
         worker_urls: Sequence[str],
     ) -> None:
         self.settings = settings
         self._prod = prod
         self._inbox = inbox
-        self._meta = meta
         self._workers = list(worker_urls)
+        #: One group-less consumer per topic whose end offsets the sync reads.
+        self._ends_of: dict[str, tuple[AIOKafkaConsumer, list[TopicPartition]]] = {}
 
     async def sync_stats(self, timeout_s: float = EVENT_TIMEOUT_S) -> None:
         """Until every worker has read back the deltas sent so far, as applied rows."""
@@ -148,12 +148,19 @@ class KafkaDriver:
         )
 
     async def _ends(self, topic: str) -> dict[int, int]:
-        parts = self._meta.partitions_for_topic(topic)
-        if not parts:
-            await self._meta.topics()  # fetches the metadata of every topic
-            parts = self._meta.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        return {tp.partition: off for tp, off in (await self._meta.end_offsets(tps)).items()}
+        if topic not in self._ends_of:
+            cons = consumer(self.settings, group_id=None)
+            await cons.start()
+            self._ends_of[topic] = (cons, await assigned_partitions(cons, topic))
+        cons, tps = self._ends_of[topic]
+        ends = {tp.partition: off for tp, off in (await cons.end_offsets(tps)).items()}
+        if not ends:
+            raise ReplayError(f"{topic} has no partitions")
+        return ends
+
+    async def close(self) -> None:
+        for cons, _ in self._ends_of.values():
+            await cons.stop()
 
     async def _until(self, done: Any, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -225,13 +232,12 @@ async def kafka_driver(
     inbox = RecInbox(settings)
     await inbox.start()
     prod = producer(settings)
-    meta = consumer(settings, group_id=None)
+    driver = KafkaDriver(settings, prod, inbox, worker_urls)
     try:
         await prod.start()
-        await meta.start()
-        yield KafkaDriver(settings, prod, inbox, meta, worker_urls)
+        yield driver
     finally:
-        await meta.stop()
+        await driver.close()
         await prod.stop()
         await inbox.stop()
 
