@@ -175,9 +175,10 @@ class Ranker:
         (plan,), queries = self._plan([(state, [None])], exclude_seen=False)
         feed = plan.feeds[0]
         if self.exact():
-            sims = self.index.similarities(queries) if queries else None
-            comps = self._dense_components(plan, feed, sims, self._dense_pop())
-            out: FloatArray = blend(plan.w[None, :], [c[None, :] for c in comps])[0]
+            sims = self.index.similarities(queries).astype(np.float64) if queries else None
+            out = np.empty(n, np.float64)
+            trans, cooc = _log_terms(plan.trans), _log_terms(plan.cooc)
+            _score_into(out, plan.w, self._dense_pop(), trans, cooc, sims, feed)
             return out
         cand = self._candidate_rows(plan, feed, self._nearest_lists(plans=[plan], queries=queries))
         scores = np.full(n, -np.inf)
@@ -260,41 +261,40 @@ class Ranker:
     def _rank_exact(
         self, plans: list[_Plan], queries: list[Vector]
     ) -> list[dict[str, list[Scored]]]:
-        """Every feed of the batch scored over every item at once: one item product for
-        all queries, the blend and the selection as whole-matrix operations."""
+        """Every feed of the batch scored over every item: one item product for all queries,
+        the user's sparse terms added where they are not zero, one selection for all."""
         n = len(self.index)
         feeds = [(plan, feed) for plan in plans for feed in plan.feeds]
         if not feeds or n == 0:
             return [{feed.name: [] for feed in plan.feeds} for plan in plans]
         pop = self._dense_pop()
-        # The similarities of every query, and a row of zeros for feeds without one.
-        sims = np.zeros((len(queries) + 1, n), np.float64)
-        if queries:
-            sims[:-1] = self.index.similarities(queries)
-        none = len(queries)
-        terms = [self._user_terms(plan) for plan in plans]
-        user = np.array([u for u, plan in enumerate(plans) for _ in plan.feeds])
-        trans = np.stack([t for t, _ in terms])[user]
-        cooc = np.stack([c for _, c in terms])[user]
-        sim = sims[[none if f.sim is None else f.sim for _, f in feeds]]
-        gated = sims[[none if f.gated is None else f.gated for _, f in feeds]]
-        w = np.stack([plan.w for plan, _ in feeds])
-        comps = (np.broadcast_to(pop, sim.shape), trans, sim, cooc, gated)
-        scores = blend(w, comps)
-        valid = np.ones((len(feeds), n), np.bool_)
-        for j, (plan, feed) in enumerate(feeds):
-            mask = self.index.scene_rows(feed.scene)
-            if mask is not None:
-                valid[j] = mask
-            valid[j, plan.seen_rows] = False
-        tops = _top_rows(np.where(valid, -scores, np.inf), self.k)
-        mids = _catalog_medians(pop, sims[:none], terms)
+        sims = self.index.similarities(queries).astype(np.float64) if queries else None
+        logs = [(_log_terms(plan.trans), _log_terms(plan.cooc)) for plan in plans]
+        scores = np.empty((len(feeds), n), np.float64)
+        j = 0
+        for plan, (trans, cooc) in zip(plans, logs, strict=True):
+            for feed in plan.feeds:
+                _score_into(scores[j], plan.w, pop, trans, cooc, sims, feed)
+                mask = self.index.scene_rows(feed.scene)
+                if mask is not None:
+                    scores[j, ~mask] = -np.inf
+                scores[j, plan.seen_rows] = -np.inf
+                j += 1
+        tops = _top_rows(-scores, self.k)
+        mids = _catalog_medians(pop, sims, plans, n)
         out: list[dict[str, list[Scored]]] = []
         j = 0
-        for u, plan in enumerate(plans):
+        for u, (plan, (trans, cooc)) in enumerate(zip(plans, logs, strict=True)):
             lists: list[tuple[_Feed, list[Ranked]]] = []
             for feed in plan.feeds:
                 top = tops[j]
+                values = [
+                    pop[top],
+                    _lookup(*trans, top),
+                    _row_values(sims, feed.sim, top),
+                    _lookup(*cooc, top),
+                    _row_values(sims, feed.gated, top),
+                ]
                 mid = (
                     mids.pop,
                     mids.trans[u],
@@ -302,7 +302,6 @@ class Ranker:
                     mids.cooc[u],
                     mids.sims[feed.gated] if feed.gated is not None else 0.0,
                 )
-                values = [c[j, top] for c in comps]
                 lifts = _lifts_from(values, mid, plan.w, feed.user_vec is not None)
                 lists.append((feed, self._ranked(top, scores[j, top], lifts)))
                 j += 1
@@ -455,8 +454,45 @@ def _strongest(rows: IntArray, mass: FloatArray, k: int) -> IntArray:
 
 def _lookup(rows: IntArray, mass: FloatArray, cand: IntArray) -> FloatArray:
     """``mass`` at each of ``cand`` (``rows`` sorted ascending), 0 where absent."""
+    if not rows.shape[0]:
+        return np.zeros(cand.shape[0], np.float64)
     at = np.minimum(np.searchsorted(rows, cand), rows.shape[0] - 1)
     out: FloatArray = np.where(rows[at] == cand, mass[at], 0.0)
+    return out
+
+
+def _log_terms(term: tuple[IntArray, FloatArray]) -> tuple[IntArray, FloatArray]:
+    """A sparse term's rows and ``log(1 + mass)``: its component where it is not zero."""
+    return term[0], np.log1p(term[1])
+
+
+def _score_into(
+    out: FloatArray,
+    w: FloatArray,
+    pop: FloatArray,
+    trans: tuple[IntArray, FloatArray],
+    cooc: tuple[IntArray, FloatArray],
+    sims: FloatArray | None,
+    feed: _Feed,
+) -> None:
+    """``out = w @ [pop, trans, sim, cooc, gated]`` for every item row, term by term in
+    component order. A sparse term is added only at its rows and a zero weight not at all:
+    adding zeros leaves every value as it was, so these are the dense sums bit for bit."""
+    np.multiply(w[POPULARITY], pop, out=out)
+    if w[TRANSITIONS] and trans[0].size:
+        out[trans[0]] += w[TRANSITIONS] * trans[1]
+    if w[SIMILARITY] and feed.sim is not None and sims is not None:
+        out += w[SIMILARITY] * sims[feed.sim]
+    if w[COOCCURRENCE] and cooc[0].size:
+        out[cooc[0]] += w[COOCCURRENCE] * cooc[1]
+    if w[GATED] and feed.gated is not None and sims is not None:
+        out += w[GATED] * sims[feed.gated]
+
+
+def _row_values(sims: FloatArray | None, row: int | None, cols: IntArray) -> FloatArray:
+    if row is None or sims is None:
+        return np.zeros(cols.shape[0], np.float64)
+    out: FloatArray = sims[row, cols]
     return out
 
 
@@ -490,20 +526,25 @@ class _Medians:
 
 
 def _catalog_medians(
-    pop: FloatArray, sims: FloatArray, terms: Sequence[tuple[FloatArray, FloatArray]]
+    pop: FloatArray,
+    sims: FloatArray | None,
+    plans: Sequence[_Plan],
+    n: int,
 ) -> _Medians:
     """Each term's median over the whole catalog: what a recommended item's lift is taken
     from (a sparse term's median is 0 unless it covers half the catalog)."""
-    half = pop.shape[0] // 2
 
-    def sparse(x: FloatArray) -> float:
-        return float(np.median(x)) if np.count_nonzero(x) > half else 0.0
+    def sparse(term: tuple[IntArray, FloatArray]) -> float:
+        rows, mass = term
+        if np.count_nonzero(mass) <= n // 2:
+            return 0.0
+        return float(np.median(dense_feature(rows, mass, n)))
 
     return _Medians(
         float(np.median(pop)),
-        medians(sims) if sims.shape[0] else np.zeros(0),
-        [sparse(t) for t, _ in terms],
-        [sparse(c) for _, c in terms],
+        medians(sims) if sims is not None and sims.shape[0] else np.zeros(0),
+        [sparse(p.trans) for p in plans],
+        [sparse(p.cooc) for p in plans],
     )
 
 
