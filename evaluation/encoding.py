@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 Matrix = npt.NDArray[np.float32]
 Encode = Callable[[Sequence[str]], Matrix]
 DEFAULT_CACHE_DIR = Path("results/cache")
+#: Width of the bundled encoder's vectors (all-MiniLM-L6-v2).
+ENCODER_DIM = 384
 
 
 def bundled_encoder(threads: int | None = None) -> tuple[str, Encode]:
@@ -76,14 +78,40 @@ class VectorCache:
         return vectors
 
 
-def item_vectors(dataset: Dataset, cache: VectorCache, kg_seed: int = 2024) -> Matrix:
-    """Fused text + KG vector per catalog row (text only for items without relations)."""
-    text = cache.encode(f"{dataset.name}-items", [it.text for it in dataset.items])
-    kg = HashedEntityEmbedding(text.shape[1], seed=kg_seed)
-    fused = np.empty_like(text)
+def text_vectors(dataset: Dataset, cache: VectorCache) -> Matrix:
+    """The encoder's vector of each item's text; zeros for an item without text."""
+    rows = [r for r, it in enumerate(dataset.items) if it.text]
+    if len(rows) == len(dataset.items):
+        return cache.encode(f"{dataset.name}-items", [it.text for it in dataset.items])
+    out = np.zeros((len(dataset.items), ENCODER_DIM), dtype=np.float32)
+    if rows:
+        out[rows] = cache.encode(f"{dataset.name}-items", [dataset.items[r].text for r in rows])
+    return out
+
+
+def item_vectors(
+    dataset: Dataset, cache: VectorCache, kg_seed: int = 2024, text: bool = True
+) -> Matrix:
+    """Fused text + KG vector per catalog row (text only for items without relations, KG
+    only for items without text; ``text=False``: the KG part alone, ids-only items)."""
+    if text:
+        text_part = text_vectors(dataset, cache)
+    else:
+        text_part = np.zeros((len(dataset.items), ENCODER_DIM), dtype=np.float32)
+    kg = HashedEntityEmbedding(text_part.shape[1], seed=kg_seed)
+    fused = np.empty_like(text_part)
     for row, item in enumerate(dataset.items):
-        fused[row] = fuse_item(text[row], kg.embed(item.relations))
+        fused[row] = fuse_item(text_part[row], kg.embed(item.relations))
     return fused
+
+
+def comment_vectors(dataset: Dataset, cache: VectorCache) -> dict[str, Matrix]:
+    """The encoder's vector of every distinct comment text of the data set's events."""
+    texts = sorted({e.text for e in dataset.events if e.text})
+    if not texts:
+        return {}
+    mat = cache.encode(f"{dataset.name}-comments", texts)
+    return {t: mat[k] for k, t in enumerate(texts)}
 
 
 def profile_vectors(dataset: Dataset, cache: VectorCache) -> dict[str, npt.NDArray[np.float32]]:

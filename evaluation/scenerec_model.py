@@ -17,7 +17,13 @@ score of item ``i`` for user ``u`` blends three per-item components:
 * ``gated_similarity``: ``(u ⊙ g) · i`` with the global gate ``g`` learned by BPR on the
   training events (``embeddings.colearn.fit_gates``): the same user vector, with the
   dimensions that separated clicked from unclicked items weighted up. The tuner picks
-  either this or the plain similarity (or neither) per tenure bucket.
+  either this or the plain similarity (or neither) per tenure bucket;
+* ``social`` (only for a data set with a social graph, ``NAME.net``): what the people the
+  user follows engaged with (``embeddings.social_items``). The worker's blend has no slot
+  for it yet (``COMPONENTS``): a blend that weighs it is measured here, not served.
+
+Comments (events with text) go through the worker's comment path,
+``UserState.apply_comment``, when the harness has encoded their text.
 
 The blend weights depend on the user's tenure (``embeddings.blend.TenureBlend``); they and
 the decay constants are chosen on the valid split only (``evaluation.tuning``).
@@ -25,6 +31,8 @@ the decay constants are chosen on the valid split only (``evaluation.tuning``).
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -38,14 +46,17 @@ from embeddings.diversity import mmr
 from embeddings.popularity import DecayedPopularity
 from embeddings.ranking import GLOBAL, ItemIndex
 from embeddings.scenes import SceneGates
-from embeddings.user_model import UserState
+from embeddings.social_items import FriendItems
+from embeddings.user_model import SOCIAL_RATE, UserState
 from evaluation.baselines import DAY_S, Recommender
-from evaluation.data import Catalog, Event
+from evaluation.data import Catalog, Event, SocialEdge
 
 FloatArray = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float32]
 
-__all__ = ["COMPONENTS", "Diversified", "SceneRec", "SceneRecConfig"]
+__all__ = ["COMPONENTS", "SOCIAL", "Diversified", "SceneRec", "SceneRecConfig"]
+#: The extra component of a data set with a social graph, after ``COMPONENTS``.
+SOCIAL = len(COMPONENTS)
 #: Called with (event, the user's state before the event, item row) for every event the
 #: model ingests, before it is applied: how per-scene models collect their training data.
 Observer = Callable[[Event, UserState, int], None]
@@ -53,8 +64,12 @@ Observer = Callable[[Event, UserState, int], None]
 
 @dataclass(frozen=True)
 class SceneRecConfig:
+    #: Popularity's and the start row's half-lives, in days (``math.inf``: no decay,
+    #: all-time counts); on an event-step clock a "day" is :attr:`clock_unit_s` events.
     half_life_days: float = 14.0
     start_half_life_days: float = 14.0
+    #: Seconds per knob "day": 86,400, or 1 where timestamps are event steps (no time).
+    clock_unit_s: float = DAY_S
     #: Transition counting: how many earlier items a click is credited to, and how fast
     #: the credit falls with distance.
     window: int = 5
@@ -77,10 +92,15 @@ class SceneRecConfig:
     )
 
     def label(self) -> str:
+        unit = "d" if self.clock_unit_s == DAY_S else f"x{self.clock_unit_s:g}ev"
         return (
-            f"hl={self.half_life_days:g}d start={self.start_half_life_days:g}d "
+            f"hl={self.half_life_days:g}{unit} start={self.start_half_life_days:g}{unit} "
             f"win={self.window} recent={self.recent} age={self.age_weight:g}"
         )
+
+    @property
+    def half_life_s(self) -> float:
+        return self.half_life_days * self.clock_unit_s
 
     def with_blend(self, blend: TenureBlend) -> SceneRecConfig:
         return replace(self, blend=blend)
@@ -89,7 +109,7 @@ class SceneRecConfig:
         return CollabConfig(
             window=self.window,
             step_decay=self.step_decay,
-            start_half_life_s=self.start_half_life_days * DAY_S,
+            start_half_life_s=self.start_half_life_days * self.clock_unit_s,
             recent=self.recent,
             recency_decay=self.recency_decay,
             age_weight=self.age_weight,
@@ -105,6 +125,8 @@ class SceneRec(Recommender):
         item_vectors: npt.NDArray[np.float32],
         profiles: Mapping[str, Vector],
         config: SceneRecConfig | None = None,
+        social: Sequence[SocialEdge] = (),
+        comment_vectors: Mapping[str, Vector] | None = None,
     ) -> None:
         super().__init__(catalog)
         if item_vectors.shape[0] != len(catalog):
@@ -117,16 +139,70 @@ class SceneRec(Recommender):
         # Ranking needs every item's score, not a top-k; ItemIndex.rank only returns the
         # top-k, so the same vectors are also kept as one matrix in catalog row order.
         self._mat = np.stack([self._vector(i) for i in catalog.ids]).astype(np.float32)
+        self._has_vectors = bool(np.any(self._mat))
         self.gates = SceneGates(dim)
         self._profiles = profiles if self.config.use_profiles else {}
         n = len(catalog)
-        self.popularity = DecayedPopularity(n, self.config.half_life_days * DAY_S)
+        self.popularity = DecayedPopularity(n, self.config.half_life_s)
         # Transitions, co-occurrence and freshness: the worker's own code (the same class
         # ranks its feeds), so what is measured here is what it serves.
         self.collab = Collaborative(n, self.config.collab())
         self._states: dict[str, UserState] = {}
         self.observers: list[Observer] = []
         self._gate_learned = False
+        # Edges without a time are known from the start; timed ones apply in time order.
+        self.friends = FriendItems(n) if social else None
+        edges = sorted(social, key=lambda e: -math.inf if e.timestamp is None else e.timestamp)
+        self._edges = deque(edges)
+        self._comments = comment_vectors or {}
+        #: Extra popularity clocks (half-life in days -> counts) the tuner compares.
+        self._clocks: dict[float, DecayedPopularity] = {}
+        self._first = np.full(n, np.nan)
+        self._now = -math.inf
+        self._follow_until(-math.inf)
+
+    @property
+    def n_components(self) -> int:
+        return len(COMPONENTS) + (1 if self.friends is not None else 0)
+
+    def track_half_lives(self, half_lives_days: Sequence[float]) -> None:
+        """Also count popularity at these half-lives (before :meth:`fit`), so that one fit
+        lets the tuner compare them all (:meth:`popularity_row`)."""
+        for hl in half_lives_days:
+            if hl != self.config.half_life_days and hl not in self._clocks:
+                self._clocks[hl] = DecayedPopularity(
+                    len(self.catalog), hl * self.config.clock_unit_s
+                )
+
+    def popularity_row(self, half_life_days: float, age_weight: float) -> FloatArray:
+        """The popularity component a model with this half-life and freshness would have:
+        bit for bit the ``components()[0]`` of that model."""
+        if half_life_days == self.config.half_life_days:
+            log_pop = self.popularity.log_scores()
+        else:
+            log_pop = self._clocks[half_life_days].log_scores()
+        if age_weight == 0.0:
+            return log_pop
+        # Collaborative.fresh_popularity's arithmetic, with the same first-click times.
+        age_days = np.nan_to_num((self._now - self._first) / DAY_S, nan=0.0)
+        out: FloatArray = log_pop - age_weight * np.log1p(np.maximum(age_days, 0.0))
+        return out
+
+    def _follow_until(self, timestamp: float) -> None:
+        while self._edges and (
+            self._edges[0].timestamp is None or self._edges[0].timestamp <= timestamp
+        ):
+            edge = self._edges.popleft()
+            if self.friends is None:  # pragma: no cover - edges imply the tracker
+                break
+            if edge.kind == "unfollow":
+                self.friends.unfollow(edge.source, edge.target)
+            else:
+                self.friends.follow(edge.source, edge.target)
+            target = self._states.get(edge.target)
+            pulled = None if target is None else target.named_vectors()
+            kind = edge.kind if edge.kind in SOCIAL_RATE else "follow"
+            self.state(edge.source).apply_social(kind, edge.target, pulled or None)
 
     def _vector(self, item_id: str) -> Vector:
         vec = self.index.vector(item_id)
@@ -153,7 +229,8 @@ class SceneRec(Recommender):
 
     def fit(self, train: Sequence[Event]) -> None:
         # A streaming model learns from train exactly as it learns online: event by event.
-        samples = GateSamples(self._mat.shape[1]) if self.config.learn_gate else None
+        learn = self.config.learn_gate and self._has_vectors
+        samples = GateSamples(self._mat.shape[1]) if learn else None
         if samples is not None:
 
             def collect(event: Event, state: UserState, row: int) -> None:
@@ -183,6 +260,8 @@ class SceneRec(Recommender):
     def update(self, event: Event) -> None:
         if event.item not in self.catalog:
             return
+        if self._edges:
+            self._follow_until(event.timestamp)
         row = self.catalog.row(event.item)
         state = self.state(event.user)
         for observe in self.observers:
@@ -192,9 +271,21 @@ class SceneRec(Recommender):
         seen = None if event.item in state.seen else [self.catalog.row(i) for i in state.seen]
         self.collab.observe(history, seen, row, event.timestamp)
         self.popularity.add(row, event.timestamp)
+        for clock in self._clocks.values():
+            clock.add(row, event.timestamp)
+        if np.isnan(self._first[row]):
+            self._first[row] = event.timestamp
+        self._now = max(self._now, event.timestamp)
         self.index.count_click(event.item, event.timestamp)
-        # Event weights (lastfm listening counts) are not click strengths: every click counts 1.
-        state.apply_item(event.item, self._mat[row], event.scene)
+        if self.friends is not None:
+            self.friends.observe(event.user, row)
+        text_vec = self._comments.get(event.text) if event.text is not None else None
+        if text_vec is not None:
+            state.apply_comment(event.item, self._mat[row], text_vec, event.scene)
+        else:
+            # Event weights (lastfm listening counts) are not click strengths: every click
+            # counts 1.
+            state.apply_item(event.item, self._mat[row], event.scene)
 
     def components(self, user: str) -> FloatArray:
         """``(len(COMPONENTS), n_items)`` features of every item for ``user``."""
@@ -202,28 +293,38 @@ class SceneRec(Recommender):
         history = [self.catalog.row(i) for i in state.recent]
         n = len(self.catalog)
         sim = gated = np.zeros(n, dtype=np.float64)
-        if state.global_vec is not None:
+        if state.global_vec is not None and self._has_vectors:
             sim = (self._mat @ state.global_vec).astype(np.float64)
             if self._gate_learned:
                 query = self.gates.apply(GLOBAL, state.global_vec)
                 gated = (self._mat @ query).astype(np.float64)
         seen = [self.catalog.row(i) for i in state.seen]
-        return np.stack(
-            [
-                self.collab.fresh_popularity(self.popularity.log_scores()),
-                self.collab.transition_feature(history),
-                sim,
-                self.collab.cooccurrence_feature(seen),
-                gated,
-            ]
-        )
+        rows = [
+            self.collab.fresh_popularity(self.popularity.log_scores()),
+            self.collab.transition_feature(history),
+            sim,
+            self.collab.cooccurrence_feature(seen),
+            gated,
+        ]
+        if self.friends is not None:
+            rows.append(self.friends.feature(user))
+        return np.stack(rows)
 
-    def feed_blend(self) -> FeedBlend:
-        """This model as the worker's ranking (``results/model.json``, SCENEREC_MODEL_PATH)."""
+    def feed_blend(self) -> FeedBlend | None:
+        """This model as the worker's ranking (``results/model.json``, SCENEREC_MODEL_PATH);
+        None where the worker cannot serve it: a blend that weighs the social component,
+        or knobs counted in event steps (the worker's clock is seconds)."""
+        blend = self.config.blend
+        if len(blend.weights[0]) > len(COMPONENTS):
+            if any(w[SOCIAL] for w in blend.weights):
+                return None
+            blend = TenureBlend(tuple(w[:SOCIAL] for w in blend.weights), blend.edges)
+        if self.config.clock_unit_s != DAY_S:
+            return None
         return FeedBlend(
-            self.config.blend,
+            blend,
             self.config.collab(),
-            self.config.half_life_days * DAY_S,
+            self.config.half_life_s,
             self.gates.gate(GLOBAL) if self._gate_learned else None,
         )
 
