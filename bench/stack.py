@@ -90,6 +90,9 @@ def base_env(var_dir: Path) -> dict[str, str]:
         "SCENEREC_KAFKA_CONTROLLER_PORT": str(free_port()),
         "SCENEREC_SERVE_PORT": str(free_port()),
         "SCENEREC_WORKER_WEB_PORT": str(free_port()),
+        # A Ray head of the bench's own: other stacks on the machine keep theirs.
+        "SCENEREC_RAY_PORT": str(free_port()),
+        "SCENEREC_RAY_TEMP_DIR": f"/tmp/scenerec-ray-{uuid.uuid4().hex[:8]}",
     }
 
 
@@ -184,10 +187,14 @@ class BenchStack:
 
     def serve_up(self) -> str:
         from deploy.ray_serve import start_serve
-        from deploy.stack import encoder_config
+        from deploy.stack import encoder_config, ray_head
 
         self.started.append("serve")
-        return start_serve(encoder_config(self.settings), http_port=self.settings.serve_port)
+        return start_serve(
+            encoder_config(self.settings),
+            http_port=self.settings.serve_port,
+            head=ray_head(self.settings),
+        )
 
     def lane(self, name: str, **env_extra: str) -> Lane:
         """A fresh lane: topics created, no worker started yet."""
@@ -215,9 +222,10 @@ class BenchStack:
             lane.stop_all()
         if "serve" in self.started:
             from deploy.ray_serve import stop_serve
+            from deploy.stack import ray_head
 
             with contextlib.suppress(Exception):
-                stop_serve()
+                stop_serve(ray_head(self.settings))
         if "kafka" in self.started:
             local_kafka(self.settings).stop()
         self.started.clear()

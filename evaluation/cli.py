@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-sasrec", action="store_true", help="Protocol L: skip SASRec")
     p.add_argument(
+        "--no-knn",
+        action="store_true",
+        help="skip item-kNN, whose dense counts a very large catalog cannot hold",
+    )
+    p.add_argument(
         "--sasrec-minutes",
         type=float,
         default=30.0,
@@ -221,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sasrec_minutes=args.sasrec_minutes,
                     cold_items=args.cold_items,
                     max_dense_gb=args.max_dense_gb,
+                    knn=not args.no_knn,
                     bpr_epochs=QUICK_BPR_EPOCHS if args.quick else 20,
                 ),
                 quick=args.quick,

@@ -190,7 +190,8 @@ def run(opts: Options) -> HarnessOutput:
         return _loo(opts, ds, cache, timer)
     catalog = Catalog(ds.items)
     train, valid, test = ds.split.train, ds.split.valid, ds.split.test
-    dense = check_dense(DenseEstimate(len(catalog), 1, 1), opts.loo.max_dense_gb)
+    # Item-kNN online and frozen: two dense matrices.
+    dense = check_dense(DenseEstimate(len(catalog), 0, 2 * opts.loo.knn), opts.loo.max_dense_gb)
     vecs = timer.run("item vectors", lambda: item_vectors(ds, cache))
     profiles = timer.run("profile vectors", lambda: profile_vectors(ds, cache))
     comments = timer.run("comment vectors", lambda: comment_vectors(ds, cache))
@@ -236,7 +237,8 @@ def run(opts: Options) -> HarnessOutput:
         factories["recent-popular"] = lambda: RecentPopular(catalog, _days(label))
         # EVALUATION.md's anchor, fixed (not tuned), to compare with its table.
         factories["recent-popular-14d"] = lambda: RecentPopular(catalog, ANCHOR_DAYS)
-    factories["item-knn"] = lambda: ItemKNN(catalog)
+    if opts.loo.knn:
+        factories["item-knn"] = lambda: ItemKNN(catalog)
     factories["bpr-mf"] = lambda: BPRMF(catalog, epochs=bpr_epochs)
     factories["scenerec"] = lambda: _mmr(make_scenerec(sc.frozen), vecs, opts.mmr_lambda)
     if profiles:
@@ -520,7 +522,7 @@ def _online_contenders(
         decayed = DecayedPopular(catalog, ANCHOR_DAYS)  # EVALUATION.md's anchor, not tuned
         decayed.fit(train)
         models |= {"recent-popular": recent, "decayed-popular-14d": decayed}
-    models |= {"item-knn": fitted["item-knn"], "bpr-mf": fitted["bpr-mf"]}
+    models |= {n: fitted[n] for n in ("item-knn", "bpr-mf") if n in fitted}
     sc = tuned["scenerec"]
     scenerec = make_scenerec(sc.online)
     scenerec.fit(train)

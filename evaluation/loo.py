@@ -61,6 +61,9 @@ class LooOptions:
     bpr_epochs: int = 20
     cold_items: float = 0.0
     max_dense_gb: float | None = None
+    #: The item-kNN baseline keeps dense counts (``evaluation.memory``): off for a catalog
+    #: too large for them.
+    knn: bool = True
 
 
 @dataclass
@@ -120,7 +123,7 @@ def run(ds: Dataset, cache: VectorCache, opts: LooOptions) -> LooOutput:
     if opts.cold_items > 0:
         cold = cold_item_set(catalog.ids, opts.cold_items)
         train = tuple(e for e in train if e.item not in cold)
-    checked = check_dense(DenseEstimate(len(catalog), 1, 0), opts.max_dense_gb)
+    checked = check_dense(DenseEstimate(len(catalog), 0, int(opts.knn)), opts.max_dense_gb)
     vecs = item_vectors(ds, cache)
     profiles = profile_vectors(ds, cache)
     comments = comment_vectors(ds, cache)
@@ -145,10 +148,11 @@ def run(ds: Dataset, cache: VectorCache, opts: LooOptions) -> LooOutput:
     popular.fit(train)
     evaluate("most-popular", popular, ingest_valid=False)
     meta["calibration"] = _calibration(catalog, train, valid, test, seen_test)
-    knn = ItemKNN(catalog)
-    knn.fit(train)
-    evaluate("item-knn", knn)
-    del knn
+    if opts.knn:
+        knn = ItemKNN(catalog)
+        knn.fit(train)
+        evaluate("item-knn", knn)
+        del knn
     bpr = BPRMF(catalog, epochs=opts.bpr_epochs)
     bpr.fit(train)
     evaluate("bpr-mf", bpr)

@@ -1,11 +1,12 @@
 """Pre-flight: will the dense item-item counts of a run fit in memory?
 
-SceneRec's transitions and co-occurrence (``embeddings.transitions``,
-``embeddings.cooccurrence``) and the item-kNN baseline keep dense float32 matrices: about
-``4 n²`` bytes each for ``n`` items (1.2 GB for SceneRec at 12,101 items, 3.2 GB at
-20,033, 80 GB at 100,000). The harness checks before it builds any of them, and stops
-with a clear error rather than start what the machine cannot hold. There is no fallback
-model: a catalog too large for the dense counts is not evaluated under SceneRec's name.
+SceneRec's item statistics are sparse and bounded per item (``embeddings.itemstats``);
+the item-kNN baseline still keeps a dense float32 co-occurrence matrix, ``4 n²`` bytes
+for ``n`` items (0.55 GB at 12,101 items, 1.5 GB at 20,033, 37 GB at 100,000), and the
+estimate can count SceneRec models that keep dense counts too (the model before the
+sparse statistics: two matrices). The harness checks before it builds any of them, and
+stops with a clear error rather than start what the machine cannot hold. There is no
+fallback: a catalog too large for a dense model is not evaluated under that model's name.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class DenseEstimate:
 
     @property
     def scenerec_bytes(self) -> int:
-        """One SceneRec: transitions ``(n + 1) x n`` and co-occurrence ``n x n``."""
+        """One SceneRec with dense counts: transitions ``(n + 1) x n``, co-occurrence
+        ``n x n`` (the sparse statistics need no such estimate)."""
         n = self.n_items
         return _BYTES * ((n + 1) * n + n * n)
 
@@ -45,9 +47,9 @@ class DenseEstimate:
 
     def describe(self) -> str:
         return (
-            f"{self.n_items:,} items: {self.scenerec_bytes / GB:.2f} GB per SceneRec "
-            f"(x{self.scenerec_models}) and {self.knn_bytes / GB:.2f} GB per item-kNN "
-            f"(x{self.knn_models}), {self.total_bytes / GB:.2f} GB in all"
+            f"{self.n_items:,} items: {self.knn_bytes / GB:.2f} GB per item-kNN "
+            f"(x{self.knn_models}) and {self.scenerec_bytes / GB:.2f} GB per dense SceneRec "
+            f"(x{self.scenerec_models}), {self.total_bytes / GB:.2f} GB in all"
         )
 
 
@@ -73,8 +75,8 @@ def check_dense(estimate: DenseEstimate, limit_gb: float | None = None) -> dict[
         raise MemoryLimitError(
             f"the dense item-item counts for {estimate.describe()}, more than the "
             f"{limit / GB:.1f} GB allowed ({rule}; "
-            f"{available / GB:.1f} GB available). Nothing was allocated. A sparse, bounded "
-            "store of the counts lifts this limit; until then evaluate a smaller catalog."
+            f"{available / GB:.1f} GB available). Nothing was allocated. Skip the dense "
+            "baseline (--no-knn) or evaluate a smaller catalog."
         )
     return {
         "n_items": estimate.n_items,

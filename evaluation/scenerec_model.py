@@ -5,15 +5,15 @@ Item vectors are the worker's: encoder text vector fused with the hashed KG embe
 ``apply_item`` on every click, seeded from the profile text by ``apply_profile``. The
 score of item ``i`` for user ``u`` blends three per-item components:
 
-* ``popularity``: log recency-decayed click counts (``embeddings.popularity``), what is
+* ``popularity``: log recency-decayed click counts (``embeddings.itemstats``), what is
   popular *now*, the prior every user starts from;
 * ``transitions``: log of the next-item mass from the user's last items, or, for a user
   with no events yet, from the start row (what new users start with lately)
-  (``embeddings.transitions``);
+  (``embeddings.itemstats``);
 * ``similarity``: ``(u ⊙ s) · i`` with the user's global vector (the profile vector for a
   user not seen clicking yet) and the global scene gate, exactly the worker's ranking score;
-* ``cooccurrence``: log of the item-item cosine mass from everything the user had
-  (``embeddings.cooccurrence``), taste once a few events are known;
+* ``cooccurrence``: log of the item-item cosine mass from the user's last distinct items
+  (``embeddings.itemstats``), taste once a few events are known;
 * ``gated_similarity``: ``(u ⊙ g) · i`` with the global gate ``g`` learned by BPR on the
   training events (``embeddings.colearn.fit_gates``): the same user vector, with the
   dimensions that separated clicked from unclicked items weighted up. The tuner picks
@@ -25,8 +25,11 @@ score of item ``i`` for user ``u`` blends three per-item components:
 Comments (events with text) go through the worker's comment path,
 ``UserState.apply_comment``, when the harness has encoded their text.
 
-The blend weights depend on the user's tenure (``embeddings.blend.TenureBlend``); they and
-the decay constants are chosen on the valid split only (``evaluation.tuning``).
+The model is the streaming worker's own (``embeddings.model.SceneRecModel``): the same
+statistics code learns each click and the same ranker scores, over every item or, with
+``candidates``, over each feed's candidates. The blend weights depend on the user's
+tenure (``embeddings.blend.TenureBlend``); they and the decay constants are chosen on the
+valid split only (``evaluation.tuning``).
 """
 
 from __future__ import annotations
@@ -40,16 +43,26 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.blend import TenureBlend
+from embeddings.blended import CandidateConfig, Ranker
 from embeddings.colearn import GateFitConfig, GateSamples, fit_gates
-from embeddings.collaborative import COMPONENTS, CollabConfig, Collaborative, FeedBlend
+from embeddings.collaborative import (
+    COMPONENTS,
+    GATED,
+    SIMILARITY,
+    CollabConfig,
+    Collaborative,
+    FeedBlend,
+)
 from embeddings.diversity import mmr
+from embeddings.model import SceneRecModel
 from embeddings.popularity import DecayedPopularity
-from embeddings.ranking import GLOBAL, ItemIndex
+from embeddings.ranking import GLOBAL, GatedScenes, ItemIndex
 from embeddings.scenes import SceneGates
 from embeddings.social_items import FriendItems
 from embeddings.user_model import SOCIAL_RATE, UserState
 from evaluation.baselines import DAY_S, Recommender
 from evaluation.data import Catalog, Event, SocialEdge
+from evaluation.metrics import K
 
 FloatArray = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float32]
@@ -57,6 +70,9 @@ Vector = npt.NDArray[np.float32]
 __all__ = ["COMPONENTS", "SOCIAL", "Diversified", "SceneRec", "SceneRecConfig"]
 #: The extra component of a data set with a social graph, after ``COMPONENTS``.
 SOCIAL = len(COMPONENTS)
+#: The harness ranks every item (the protocols' full ranking), whatever the catalog's size;
+#: the worker ranks over candidates past ``CandidateConfig.exact_max_items``.
+FULL_RANKING = CandidateConfig(exact_max_items=1 << 62)
 #: Called with (event, the user's state before the event, item row) for every event the
 #: model ingests, before it is applied: how per-scene models collect their training data.
 Observer = Callable[[Event, UserState, int], None]
@@ -117,6 +133,8 @@ class SceneRecConfig:
 
 
 class SceneRec(Recommender):
+    """The worker's model (``embeddings.model.SceneRecModel``) under the harness's contract."""
+
     name = "scenerec"
 
     def __init__(
@@ -127,6 +145,7 @@ class SceneRec(Recommender):
         config: SceneRecConfig | None = None,
         social: Sequence[SocialEdge] = (),
         comment_vectors: Mapping[str, Vector] | None = None,
+        candidates: CandidateConfig | None = FULL_RANKING,
     ) -> None:
         super().__init__(catalog)
         if item_vectors.shape[0] != len(catalog):
@@ -136,30 +155,39 @@ class SceneRec(Recommender):
         self.index = ItemIndex(dim)
         for row, item in enumerate(catalog.items):
             self.index.upsert(item.id, item_vectors[row], item.scenes, item.title)
-        # Ranking needs every item's score, not a top-k; ItemIndex.rank only returns the
-        # top-k, so the same vectors are also kept as one matrix in catalog row order.
-        self._mat = np.stack([self._vector(i) for i in catalog.ids]).astype(np.float32)
+        self._mat = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self._has_vectors = bool(np.any(self._mat))
         self.gates = SceneGates(dim)
         self._profiles = profiles if self.config.use_profiles else {}
-        n = len(catalog)
-        self.popularity = DecayedPopularity(n, self.config.half_life_s)
-        # Transitions, co-occurrence and freshness: the worker's own code (the same class
-        # ranks its feeds), so what is measured here is what it serves.
-        self.collab = Collaborative(n, self.config.collab())
+        self._candidates = candidates
+        self._gate_learned = False
+        self.model = self._model()
         self._states: dict[str, UserState] = {}
         self.observers: list[Observer] = []
-        self._gate_learned = False
         # Edges without a time are known from the start; timed ones apply in time order.
-        self.friends = FriendItems(n) if social else None
+        self.friends = FriendItems(len(catalog)) if social else None
         edges = sorted(social, key=lambda e: -math.inf if e.timestamp is None else e.timestamp)
         self._edges = deque(edges)
         self._comments = comment_vectors or {}
-        #: Extra popularity clocks (half-life in days -> counts) the tuner compares.
+        #: Popularity at other half-lives (days -> counts), which the tuner compares.
         self._clocks: dict[float, DecayedPopularity] = {}
-        self._first = np.full(n, np.nan)
+        self._first = np.full(len(catalog), np.nan)
         self._now = -math.inf
         self._follow_until(-math.inf)
+
+    def _model(self) -> SceneRecModel:
+        return SceneRecModel(
+            self.index, self._worker_blend(), GatedScenes(self.gates), K, self._candidates
+        )
+
+    def _probe(self) -> Ranker:
+        """The same ranking with every weight 1: every component computed, whatever the
+        blend weighs (the tuner needs them all)."""
+        blend = self._worker_blend()
+        ones = TenureBlend.uniform((1.0,) * len(COMPONENTS), blend.blend.edges)
+        return Ranker(
+            self.index, self.stats, GatedScenes(self.gates), replace(blend, blend=ones), K
+        )
 
     @property
     def n_components(self) -> int:
@@ -175,17 +203,21 @@ class SceneRec(Recommender):
                 )
 
     def popularity_row(self, half_life_days: float, age_weight: float) -> FloatArray:
-        """The popularity component a model with this half-life and freshness would have:
-        bit for bit the ``components()[0]`` of that model."""
+        """The popularity component a model with this half-life and freshness would have
+        (its own one exactly; another's up to float rounding)."""
+        own: FloatArray = self.stats.log_popularity()[: len(self.catalog)]
         if half_life_days == self.config.half_life_days:
-            log_pop = self.popularity.log_scores()
-        else:
-            log_pop = self._clocks[half_life_days].log_scores()
-        if age_weight == 0.0:
-            return log_pop
-        # Collaborative.fresh_popularity's arithmetic, with the same first-click times.
+            if age_weight == self.config.age_weight:
+                return own
+            out: FloatArray = own + (self.config.age_weight - age_weight) * self._age_term()
+            return out
+        pop = self._clocks[half_life_days].log_scores()
+        return pop - age_weight * self._age_term() if age_weight else pop
+
+    def _age_term(self) -> FloatArray:
+        """``log(1 + days since each item's first click)``, freshness's term."""
         age_days = np.nan_to_num((self._now - self._first) / DAY_S, nan=0.0)
-        out: FloatArray = log_pop - age_weight * np.log1p(np.maximum(age_days, 0.0))
+        out: FloatArray = np.log1p(np.maximum(age_days, 0.0))
         return out
 
     def _follow_until(self, timestamp: float) -> None:
@@ -204,11 +236,10 @@ class SceneRec(Recommender):
             kind = edge.kind if edge.kind in SOCIAL_RATE else "follow"
             self.state(edge.source).apply_social(kind, edge.target, pulled or None)
 
-    def _vector(self, item_id: str) -> Vector:
-        vec = self.index.vector(item_id)
-        if vec is None:  # pragma: no cover - every catalog item was just upserted
-            raise KeyError(item_id)
-        return vec
+    @property
+    def stats(self) -> Collaborative:
+        """What the clicks so far taught about items (the worker's own statistics code)."""
+        return self.model.stats
 
     def _new_state(self, user: str) -> UserState:
         state = UserState()
@@ -256,27 +287,23 @@ class SceneRec(Recommender):
             )[GLOBAL]
             self.gates.set_gate(GLOBAL, gate)
             self._gate_learned = True
+            self.model.ranker.blend = self._worker_blend()
 
     def update(self, event: Event) -> None:
         if event.item not in self.catalog:
             return
+        row = self.catalog.row(event.item)
         if self._edges:
             self._follow_until(event.timestamp)
-        row = self.catalog.row(event.item)
         state = self.state(event.user)
         for observe in self.observers:
             observe(event, state, row)
-        history = [self.catalog.row(i) for i in state.recent]
-        # Co-occurrence is over distinct items: a repeat click adds no pairs.
-        seen = None if event.item in state.seen else [self.catalog.row(i) for i in state.seen]
-        self.collab.observe(history, seen, row, event.timestamp)
-        self.popularity.add(row, event.timestamp)
+        self.model.learn_click(state, event.item, event.timestamp)
         for clock in self._clocks.values():
             clock.add(row, event.timestamp)
         if np.isnan(self._first[row]):
             self._first[row] = event.timestamp
         self._now = max(self._now, event.timestamp)
-        self.index.count_click(event.item, event.timestamp)
         if self.friends is not None:
             self.friends.observe(event.user, row)
         text_vec = self._comments.get(event.text) if event.text is not None else None
@@ -288,45 +315,39 @@ class SceneRec(Recommender):
             state.apply_item(event.item, self._mat[row], event.scene)
 
     def components(self, user: str) -> FloatArray:
-        """``(len(COMPONENTS), n_items)`` features of every item for ``user``."""
+        """``(n_components, n_items)`` features of every item for ``user``: the worker's
+        ``COMPONENTS``, then the social one where the data set has a social graph."""
         state = self.known_state(user)
-        history = [self.catalog.row(i) for i in state.recent]
-        n = len(self.catalog)
-        sim = gated = np.zeros(n, dtype=np.float64)
-        if state.global_vec is not None and self._has_vectors:
-            sim = (self._mat @ state.global_vec).astype(np.float64)
-            if self._gate_learned:
-                query = self.gates.apply(GLOBAL, state.global_vec)
-                gated = (self._mat @ query).astype(np.float64)
-        seen = [self.catalog.row(i) for i in state.seen]
-        rows = [
-            self.collab.fresh_popularity(self.popularity.log_scores()),
-            self.collab.transition_feature(history),
-            sim,
-            self.collab.cooccurrence_feature(seen),
-            gated,
-        ]
-        if self.friends is not None:
-            rows.append(self.friends.feature(user))
-        return np.stack(rows)
+        comps = self._probe().global_components(state)
+        if not self._has_vectors:  # ids only: no similarity (the probe gives zeros too)
+            comps[SIMILARITY] = comps[GATED] = 0.0
+        if self.friends is None:
+            return comps
+        return np.vstack([comps, self.friends.feature(user)[None, :]])
 
-    def feed_blend(self) -> FeedBlend | None:
-        """This model as the worker's ranking (``results/model.json``, SCENEREC_MODEL_PATH);
-        None where the worker cannot serve it: a blend that weighs the social component,
-        or knobs counted in event steps (the worker's clock is seconds)."""
+    def _worker_blend(self) -> FeedBlend:
+        """The blend over ``COMPONENTS`` the worker's ranker runs (a social weight, which it
+        cannot serve yet, left out)."""
         blend = self.config.blend
         if len(blend.weights[0]) > len(COMPONENTS):
-            if any(w[SOCIAL] for w in blend.weights):
-                return None
             blend = TenureBlend(tuple(w[:SOCIAL] for w in blend.weights), blend.edges)
-        if self.config.clock_unit_s != DAY_S:
-            return None
         return FeedBlend(
             blend,
             self.config.collab(),
             self.config.half_life_s,
             self.gates.gate(GLOBAL) if self._gate_learned else None,
         )
+
+    def feed_blend(self) -> FeedBlend | None:
+        """This model as the worker's ranking (``results/model.json``, SCENEREC_MODEL_PATH);
+        None where the worker cannot serve it: a blend that weighs the social component, or
+        knobs counted in event steps (the worker's clock is seconds)."""
+        weights = self.config.blend.weights
+        if any(any(w[SOCIAL:]) for w in weights):
+            return None
+        if self.config.clock_unit_s != DAY_S:
+            return None
+        return self._worker_blend()
 
     @property
     def item_matrix(self) -> npt.NDArray[np.float32]:
@@ -338,6 +359,8 @@ class SceneRec(Recommender):
         return self._states.get(user) or self._new_state(user)
 
     def score(self, user: str) -> FloatArray:
+        if self.friends is None:
+            return self.model.ranker.global_scores(self.known_state(user))
         return self.config.blend.score(self.components(user), self.n_events(user))
 
 
