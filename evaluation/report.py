@@ -225,6 +225,9 @@ def print_social(payload: Mapping[str, Any], console: Console | None = None) -> 
     """The social experiment: systems with and without friends' influence."""
     console = console or Console(width=max(Console().width, 160), soft_wrap=False)
     for dataset, data in payload.items():
+        if "meta" not in data:  # SceneRec's own social term (evaluation.social)
+            _print_scenerec_social(console, dataset, data)
+            continue
         meta = data["meta"]
         table = Table(
             title=f"Social on {dataset}: random 80/20 split of listening pairs, "
@@ -244,6 +247,22 @@ def print_social(payload: Mapping[str, Any], console: Console | None = None) -> 
         d = data["social_minus_no_social"]
         table.add_row("social - no social (paired)", _delta(d[NDCG]), _delta(d[HIT]), "")
         console.print(table)
+
+
+def _print_scenerec_social(console: Console, dataset: str, data: Mapping[str, Any]) -> None:
+    table = Table(
+        title=f"Social in SceneRec on {dataset} ({data['follow_edges']:,} follow edges): "
+        "paired NDCG@10 difference, and what the followed users had",
+        title_justify="left",
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        if isinstance(value, Mapping) and "delta" in value:
+            table.add_row(key, _delta(value))
+    for key, value in data.get("friends_items", {}).items():
+        table.add_row(key, f"{value:g}")
+    console.print(table)
 
 
 PER_SCENE_TITLES = {

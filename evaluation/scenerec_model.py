@@ -93,6 +93,10 @@ class SceneRecConfig:
     #: Transition scoring: how many recent items query the counts, and their decay.
     recent: int = 5
     recency_decay: float = 0.6
+    #: Co-occurrence: the user's last this many distinct items count and score, and the
+    #: neighbours kept per item (the worker's bounds).
+    cooc_history: int = 20
+    neighbours: int = 200
     use_profiles: bool = True
     #: Fit the global gate of ``gated_similarity`` on train (BPR, L2 ``gate_reg``); off,
     #: that component is zero.
@@ -109,9 +113,10 @@ class SceneRecConfig:
 
     def label(self) -> str:
         unit = "d" if self.clock_unit_s == DAY_S else f"x{self.clock_unit_s:g}ev"
+        cooc = self.cooc_history
         return (
             f"hl={self.half_life_days:g}{unit} start={self.start_half_life_days:g}{unit} "
-            f"win={self.window} recent={self.recent} age={self.age_weight:g}"
+            f"win={self.window} recent={self.recent} age={self.age_weight:g} cooc={cooc}"
         )
 
     @property
@@ -129,6 +134,8 @@ class SceneRecConfig:
             recent=self.recent,
             recency_decay=self.recency_decay,
             age_weight=self.age_weight,
+            cooc_history=self.cooc_history,
+            neighbours=self.neighbours,
         )
 
 

@@ -169,6 +169,8 @@ class SearchSpace:
         }
 
 
+#: The longer co-occurrence history the tuner tries (item-kNN counts a user's whole one).
+LONG_COOC_HISTORY = 200
 #: Half-lives on a time clock, in days: a day to no decay at all.
 TIME_HALF_LIVES = (1.0, 3.0, 7.0, 14.0, 28.0, 56.0, 112.0, math.inf)
 QUICK_TIME_HALF_LIVES = (7.0, 14.0, math.inf)
@@ -184,6 +186,9 @@ def scenerec_space(
     On a time clock, the start row keeps its 28-day half-life (it won against 7 days on
     ml-100k's valid in every earlier run, docs/evaluation.md); on an event-step clock
     nothing decays by default and popularity's half-life is a fraction of the replay.
+    Co-occurrence is fitted both over a user's last 20 distinct items (the worker's
+    default) and over the last :data:`LONG_COOC_HISTORY` (``--quick``: 20 only); both
+    keep the worker's 200 neighbours an item, so memory stays bounded.
     """
     grid = QUICK_WEIGHT_GRID if quick else WEIGHT_GRID
     if social:
@@ -202,7 +207,11 @@ def scenerec_space(
         hls = (*(float(f"{max(f * n_train, 1.0):.2g}") for f in steps), math.inf)
         ages = (0.0,)  # freshness counts days since an item's first click: none here
     variants = tuple((hl, age) for hl in hls for age in ages)
-    return SearchSpace((replace(base, half_life_days=hls[0]),), variants, grid)
+    base = replace(base, half_life_days=hls[0])
+    # The worker's co-occurrence over a user's last 20 distinct items, and over the last
+    # 200: item-kNN's own counts for all but the longest histories.
+    longer = replace(base, cooc_history=LONG_COOC_HISTORY)
+    return SearchSpace((base,) if quick else (base, longer), variants, grid)
 
 
 @dataclass(frozen=True)

@@ -227,12 +227,17 @@ def _rows(
                         path, f"{len(fields)} fields, the header has {n}", lineno, f"#{n + 1}"
                     )
                 if len(fields) < n:
-                    raise AtomicError(
-                        path,
-                        f"missing (line has {len(fields)} of {n} fields)",
-                        lineno,
-                        header.names[len(fields)],
-                    )
+                    # Trailing optional fields may be left off (an editor trims the tabs);
+                    # a missing required one is an error.
+                    lacking = [c for c in header.names[len(fields) :] if c in required]
+                    if lacking:
+                        raise AtomicError(
+                            path,
+                            f"missing (line has {len(fields)} of {n} fields)",
+                            lineno,
+                            lacking[0],
+                        )
+                    fields += [""] * (n - len(fields))
                 row: Row = {}
                 for name, typ, raw in zip(header.names, header.types, fields, strict=True):
                     if raw == "":

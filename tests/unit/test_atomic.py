@@ -247,3 +247,16 @@ def test_cli_convert_and_the_records_load_publishes(
     with pytest.raises(DatasetError, match="not declared: add them to SCENEREC_SCENES"):
         check_scenes(data, ("music",))
     assert cli(["convert", "s3rec", str(tmp_path / "none.txt"), str(tmp_path / "x")]) == 1
+
+
+def test_the_example_of_the_docs_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "data-format.md").read_text(encoding="utf-8")
+    for name in ("shop.inter", "shop.item", "shop.user", "shop.net"):
+        block = doc.split(f"`shop/{name}`:\n\n```\n", 1)[1].split("```", 1)[0]
+        write(tmp_path / "shop" / name, block)
+    ds = load_folder(tmp_path / "shop")
+    assert [e.kind for e in ds.events] == ["click", "comment", "click", "click"]
+    assert ds.events[1].text == "Fits well, the colour is brighter than shown."
+    assert ds.items[0].text.startswith("Red running shoe. Lightweight trail shoe")
+    assert ds.profiles["u1"].attributes == (("country", "NL"),)
+    assert [(e.source, e.target) for e in ds.social] == [("u2", "u1")]
