@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ import numpy.typing as npt
 
 from embeddings.fusion import fuse_item
 from embeddings.kg import HashedEntityEmbedding
-from evaluation.data import Dataset
+from embeddings.vectors import normalize
+from evaluation.data import Dataset, Event, Item
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,28 @@ def item_vectors(
     for row, item in enumerate(dataset.items):
         fused[row] = fuse_item(text_part[row], kg.embed(item.relations))
     return fused
+
+
+def commented_items(
+    items: Sequence[Item], vectors: Matrix, train: Sequence[Event], comments: Mapping[str, Matrix]
+) -> Matrix:
+    """An item with no vector of its own (no text, no facts) that was commented on in
+    ``train`` gets the mean direction of those comments: what a review-only data set says
+    about an item, without looking past train."""
+    rows = {it.id: r for r, it in enumerate(items)}
+    sums: dict[int, Matrix] = {}
+    for e in train:
+        vec = comments.get(e.text) if e.text else None
+        row = rows.get(e.item)
+        if vec is None or row is None or np.any(vectors[row]):
+            continue
+        sums[row] = sums[row] + vec if row in sums else vec.astype(np.float32).copy()
+    if not sums:
+        return vectors
+    out = vectors.copy()
+    for row, total in sums.items():
+        out[row] = normalize(total)
+    return out
 
 
 def comment_vectors(dataset: Dataset, cache: VectorCache) -> dict[str, Matrix]:

@@ -34,7 +34,13 @@ from evaluation.baselines import (
 )
 from evaluation.cli import QUICK_BPR_EPOCHS
 from evaluation.data import Catalog, Dataset, Event, load_folder, load_lastfm2k, load_ml100k
-from evaluation.encoding import VectorCache, comment_vectors, item_vectors, profile_vectors
+from evaluation.encoding import (
+    VectorCache,
+    comment_vectors,
+    commented_items,
+    item_vectors,
+    profile_vectors,
+)
 from evaluation.loo import LooOptions
 from evaluation.loo import run as run_loo
 from evaluation.memory import DenseEstimate, check_dense
@@ -195,6 +201,7 @@ def run(opts: Options) -> HarnessOutput:
     vecs = timer.run("item vectors", lambda: item_vectors(ds, cache))
     profiles = timer.run("profile vectors", lambda: profile_vectors(ds, cache))
     comments = timer.run("comment vectors", lambda: comment_vectors(ds, cache))
+    vecs = commented_items(ds.items, vecs, train, comments)
 
     def make_scenerec(cfg: SceneRecConfig) -> SceneRec:
         return SceneRec(catalog, vecs, profiles, cfg, ds.social, comments)
@@ -221,7 +228,7 @@ def run(opts: Options) -> HarnessOutput:
                 ),
             )
     space = scenerec_space(opts.quick, ds.clock, len(train), bool(ds.social))
-    subsets = _subsets(ds, opts)
+    subsets = _subsets(ds, opts, bool(np.any(vecs)))
     kinds = ("frozen", "online") if want_online else ("frozen",)
     tuned: dict[str, SceneRecTuning] = timer.run(
         "tune scenerec",
@@ -357,14 +364,13 @@ def run(opts: Options) -> HarnessOutput:
     return out
 
 
-def _subsets(ds: Dataset, opts: Options) -> dict[str, GridFilter]:
+def _subsets(ds: Dataset, opts: Options, has_vectors: bool) -> dict[str, GridFilter]:
     """SceneRec and its restrictions tuned in the same passes: without the social term
     (a data set with a social graph), without item vectors (a data set run with --dataset
     whose items have text or facts)."""
     out: dict[str, GridFilter] = {"scenerec": lambda _w: True}
     if ds.social:
         out["scenerec-no-social"] = lambda w: w[SOCIAL] == 0
-    has_vectors = any(it.text or it.relations for it in ds.items)
     if opts.dataset is not None and has_vectors:
         out["scenerec-ids-only"] = lambda w: w[2] == w[4] == 0
     return out

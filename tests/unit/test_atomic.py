@@ -260,3 +260,13 @@ def test_the_example_of_the_docs_loads(tmp_path: Path) -> None:
     assert ds.items[0].text.startswith("Red running shoe. Lightweight trail shoe")
     assert ds.profiles["u1"].attributes == (("country", "NL"),)
     assert [(e.source, e.target) for e in ds.social] == [("u2", "u1")]
+
+
+def test_the_replay_publishes_social_edges_as_stream_records(tmp_path: Path) -> None:
+    from scenerec.publish import social_events
+
+    folder = inter(tmp_path, "u1\ti1\nu2\ti1\n")
+    write(folder / "d.net", "source:token\ttarget:token\tkind:token\nu1\tu2\tfriend\n")
+    (edge,) = social_events(load_records(folder))
+    assert edge["user_id"] == "u1" and edge["target_user_id"] == "u2"
+    assert edge["kind"] == "follow"  # the stream's kind for a friendship

@@ -243,3 +243,34 @@ def test_split_keeps_a_user_with_two_events_out_of_train() -> None:
     events = [Event("u", "i0", "a", "click", 0.0), Event("u", "i1", "a", "click", 1.0)]
     split = split_loo(events)
     assert split == Split((), (events[0],), (events[1],))
+
+
+def test_an_item_without_text_takes_its_train_comments_direction() -> None:
+    from evaluation.encoding import commented_items
+
+    items = [Item("a", ("s",), "", "a"), Item("b", ("s",), "text", "b"), Item("c", ("s",), "", "c")]
+    vecs = np.zeros((3, 8), np.float32)
+    vecs[1] = _vecs(1)[0]
+    comments = {"nice": _vecs(2)[1]}
+    train = [
+        Event("u", "a", "s", "comment", 0.0, text="nice"),
+        Event("u", "b", "s", "comment", 1.0, text="nice"),
+    ]
+    out = commented_items(items, vecs, train, comments)
+    np.testing.assert_allclose(
+        out[0], comments["nice"] / np.linalg.norm(comments["nice"]), rtol=1e-6
+    )
+    assert np.array_equal(out[1], vecs[1])  # its own text stays
+    assert not np.any(out[2])  # never commented on in train: still no vector
+
+
+def test_friend_overlap_against_random_users() -> None:
+    from evaluation.social import friend_overlap
+
+    items = tuple(_items(4))
+    social = (SocialEdge("u1", "u2"),)
+    history = [Event("u2", "i1", "a", "click", 0.0), Event("u3", "i2", "a", "click", 0.0)]
+    ds = Dataset("toy", items, Split(tuple(history), (), ()), social=social, clock="none")
+    out = friend_overlap(ds, history, [Event("u1", "i1", "a", "click", 1.0)])
+    assert out["test_events_of_users_who_follow"] == 1
+    assert out["share_item_had_by_friends"] == 1.0
