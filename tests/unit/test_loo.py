@@ -69,7 +69,7 @@ def test_rank_targets_leaves_out_earlier_items_but_not_the_target() -> None:
 def test_the_space_fits_any_clock_and_contains_the_baselines() -> None:
     time_space = scenerec_space(quick=False, clock="time")
     hls = {hl for hl, _ in time_space.variants}
-    assert min(hls) == 1.0 and math.inf in hls  # a day to no decay
+    assert min(hls) == 1.0 and math.inf in hls and 7.0 in hls  # a day to no decay
     steps = scenerec_space(quick=False, clock="order", n_train=100_000)
     assert steps.structures[0].clock_unit_s == 1.0
     assert {hl for hl, _ in steps.variants} == {300.0, 3000.0, 30000.0, math.inf}
