@@ -212,14 +212,21 @@ class SceneRec(Recommender):
     def popularity_row(self, half_life_days: float, age_weight: float) -> FloatArray:
         """The popularity component a model with this half-life and freshness would have
         (its own one exactly; another's up to float rounding)."""
+        return self.popularity_rows([(half_life_days, age_weight)])[0]
+
+    def popularity_rows(self, variants: Sequence[tuple[float, float]]) -> list[FloatArray]:
+        """:meth:`popularity_row` of each ``(half-life, freshness)``, sharing the work."""
         own: FloatArray = self.stats.log_popularity()[: len(self.catalog)]
-        if half_life_days == self.config.half_life_days:
-            if age_weight == self.config.age_weight:
-                return own
-            out: FloatArray = own + (self.config.age_weight - age_weight) * self._age_term()
-            return out
-        pop = self._clocks[half_life_days].log_scores()
-        return pop - age_weight * self._age_term() if age_weight else pop
+        age = self._age_term()
+        out: list[FloatArray] = []
+        for hl, a in variants:
+            if hl == self.config.half_life_days:
+                same = a == self.config.age_weight
+                out.append(own if same else own + (self.config.age_weight - a) * age)
+            else:
+                pop = self._clocks[hl].log_scores()
+                out.append(pop - a * age if a else pop)
+        return out
 
     def _age_term(self) -> FloatArray:
         """``log(1 + days since each item's first click)``, freshness's term."""

@@ -252,9 +252,11 @@ def _variant_scores(
     """
     rest = (grid[:, 1:] @ comps[1:]).astype(np.float32)
     pop_weights = grid[:, :1].astype(np.float32)
-    for hl, age in variants:
-        pop = model.popularity_row(hl, age).astype(np.float32)
-        yield rest + pop_weights * pop[None, :]
+    buf = np.empty_like(rest)
+    for pop in model.popularity_rows(variants):
+        np.multiply(pop_weights, pop.astype(np.float32)[None, :], out=buf)
+        buf += rest
+        yield buf  # the same buffer each time: the consumer is done with the last one
 
 
 def _frozen_pass(
@@ -292,8 +294,14 @@ def _rank_ndcg(scores: npt.NDArray[np.float32], target: int, excl: Sequence[int]
     if len(excl):
         scores[:, excl] = -np.inf
     own = scores[:, target : target + 1]
-    rank = (scores > own).sum(axis=1) + ((scores == own).sum(axis=1) + 1) / 2.0
-    out: FloatArray = np.where(rank <= K, 1.0 / np.log2(rank + 1.0), 0.0)
+    above = np.count_nonzero(scores > own, axis=1)
+    out = np.zeros(scores.shape[0], dtype=np.float64)
+    # Ties only matter where fewer than K items are above: a rank past K scores 0 anyway.
+    near = np.flatnonzero(above < K)
+    if near.size:
+        ties = np.count_nonzero(scores[near] == own[near], axis=1)
+        rank = above[near] + (ties + 1) / 2.0
+        out[near] = np.where(rank <= K, 1.0 / np.log2(rank + 1.0), 0.0)
     return out
 
 
