@@ -128,10 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from evaluation.report import to_json
     from evaluation.scenerec_model import SceneRec, SceneRecConfig
     from evaluation.tuning import (
-        QUICK_WEIGHT_GRID,
-        WEIGHT_GRID,
         SceneRecTuning,
-        scenerec_structures,
+        scenerec_space,
         tune_scenerec,
     )
 
@@ -164,8 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fused = np.stack([fuse_item(text[r], v, w) for r, v in enumerate(kg_vecs)])
             candidates.append(_Candidate(variant, w, fused, covered))
 
-    structures = scenerec_structures(args.quick)
-    grid = QUICK_WEIGHT_GRID if args.quick else WEIGHT_GRID
+    space = scenerec_space(args.quick)
     tuned: list[tuple[_Candidate, SceneRecTuning]] = []
     for cand in candidates:
 
@@ -178,10 +175,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             partial(
                 tune_scenerec,
                 make,
-                structures,
+                space,
                 train,
                 valid,
-                grid,
                 show_progress=not args.no_progress,
             ),
         )

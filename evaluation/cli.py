@@ -1,8 +1,11 @@
-"""``python -m evaluation.cli``: run Protocols A, B and C on ml-100k and report.
+"""``python -m evaluation.cli``: run the protocols on a data set and report.
 
-Prints one table per protocol, writes ``results/eval.json`` (and ``eval.meta.json`` next
-to it: tuned settings, valid scores, timings) and, with ``--dump-recs``, every scored
-top-10 list as JSON lines.
+By default: Protocols A, B and C on ml-100k (and the social experiment on lastfm-2k);
+``--dataset DIR`` runs any folder of RecBole atomic files, with ``--protocol temporal``
+(A, B, C on its global split) or ``loo`` (Protocol L, leave-one-out). Prints one table
+per protocol and which knobs valid chose, writes ``results/eval.json`` (and
+``eval.meta.json`` next to it: tuned settings, valid scores, timings) and, with
+``--dump-recs``, every scored top-10 list as JSON lines.
 """
 
 from __future__ import annotations
@@ -19,12 +22,22 @@ from evaluation.encoding import DEFAULT_CACHE_DIR
 from evaluation.report import (
     PROTOCOL_KEYS,
     dump_recs,
+    print_chosen,
+    print_deltas,
     print_diversity,
     print_per_scene,
     print_social,
     print_tables,
+    titles,
     write_json,
 )
+
+#: Kept here (not imported) so that --help never loads numpy or torch.
+PROTOCOLS = ("temporal", "loo")
+#: Protocol L: valid users the SceneRec tuner scores at most (a seeded sample beyond).
+DEFAULT_TUNE_USERS = 6000
+#: --quick trains BPR-MF for fewer epochs.
+QUICK_BPR_EPOCHS = 5
 
 DEFAULT_DATA_DIR = Path(os.environ.get("SCENEREC_DATA_DIR", "../shared/data"))
 DEFAULT_OUT = Path("results/eval.json")
@@ -35,10 +48,60 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m evaluation.cli",
         description=(
             "Offline evaluation of SceneRec against most-popular, recent-popular, item-kNN "
-            "and BPR-MF on ml-100k: Protocol A (frozen, RecBole-compatible), B (online, "
-            "prequential) and C (cold start), as defined in ../shared/EVALUATION.md. "
-            "Hyper-parameters are tuned on the valid split only."
+            "and BPR-MF (and SASRec in Protocol L) on ml-100k, or on any folder of RecBole "
+            "atomic files (--dataset): Protocol A (frozen, RecBole-compatible), B (online, "
+            "prequential), C (cold start) or L (leave-one-out, full ranking), as defined in "
+            "../shared/EVALUATION.md. Hyper-parameters are tuned on the valid split only."
         ),
+    )
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder of atomic files (`scenerec convert` writes them) instead of ml-100k",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="temporal",
+        help="with --dataset: temporal (A, B, C on the global split; data without time or "
+        "order: a seeded random split, A only) or loo (Protocol L) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tune-users",
+        type=_positive_or_all,
+        default=DEFAULT_TUNE_USERS,
+        metavar="N",
+        help="Protocol L: valid users SceneRec's tuner scores (a seeded sample; 'all' for "
+        "every one; default: %(default)s)",
+    )
+    p.add_argument("--no-sasrec", action="store_true", help="Protocol L: skip SASRec")
+    p.add_argument(
+        "--no-knn",
+        action="store_true",
+        help="skip item-kNN, whose dense counts a very large catalog cannot hold",
+    )
+    p.add_argument(
+        "--sasrec-minutes",
+        type=float,
+        default=30.0,
+        help="Protocol L: SASRec's training budget on CPU (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cold-items",
+        type=_unit_interval,
+        default=0.0,
+        metavar="F",
+        help="Protocol L: this share of the items (seeded) loses its train events; the "
+        "test targets that are such items get their own table (default: 0, off)",
+    )
+    p.add_argument(
+        "--max-dense-gb",
+        type=float,
+        default=None,
+        help="refuse a run whose dense item-item counts would need more (default: 80%% of "
+        "the memory available)",
     )
     p.add_argument(
         "--data-dir",
@@ -117,6 +180,15 @@ def configure(verbose: bool, threads: int) -> None:
     threadpool_limits(max(1, threads))
 
 
+def _positive_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive count or 'all', got {text}")
+    return value
+
+
 def _unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -137,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.verbose, args.threads)
     from evaluation.data import DataError
     from evaluation.harness import Options, run
+    from evaluation.loo import LooOptions
+    from evaluation.memory import MemoryLimitError
 
     start = time.perf_counter()
     try:
@@ -144,6 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             Options(
                 data_dir=args.data_dir,
                 cache_dir=args.cache_dir,
+                dataset=args.dataset,
+                protocol=args.protocol,
+                loo=LooOptions(
+                    max_tune_users=args.tune_users,
+                    sasrec=not args.no_sasrec,
+                    sasrec_minutes=args.sasrec_minutes,
+                    cold_items=args.cold_items,
+                    max_dense_gb=args.max_dense_gb,
+                    knn=not args.no_knn,
+                    bpr_epochs=QUICK_BPR_EPOCHS if args.quick else 20,
+                ),
                 quick=args.quick,
                 protocols=protocols,
                 progress=not args.no_progress,
@@ -152,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mmr_lambda=args.mmr_lambda,
             )
         )
-    except DataError as exc:
+    except (DataError, MemoryLimitError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - start
@@ -161,22 +246,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     out.meta["wall_time_s"] = round(elapsed, 1)
     payload = out.payload()
-    print_tables(out.results)
+    print_tables(out.results, heads=titles(out.meta["dataset"], out.results, out.meta["counts"]))
     if "diversity" in payload:
         print_diversity(payload["diversity"])
     if "per_scene" in payload:
         print_per_scene(payload["per_scene"])
     if "social" in payload:
         print_social(payload["social"])
+    if out.deltas:
+        print_deltas(out.deltas)
+    print_chosen(out.meta)
     write_json(args.out, payload)
+    # A --dataset run names its side files after --out, so ml-100k's stay the worker's.
+    prefix = "" if args.dataset is None else args.out.stem + "."
     if out.colearner is not None:
         # What the worker loads to rank with learned gates and co-learned scene vectors.
-        out.colearner.save(args.out.with_name("colearn.json"))
-        print(f"wrote {args.out.with_name('colearn.json')} (co-learning gates, chosen on valid)")
+        path = args.out.with_name(f"{prefix}colearn.json")
+        out.colearner.save(path)
+        print(f"wrote {path} (co-learning gates, chosen on valid)")
     if out.feed_blend is not None:
         # The ranking the worker loads with SCENEREC_MODEL_PATH.
-        out.feed_blend.save(args.out.with_name("model.json"))
-        print(f"wrote {args.out.with_name('model.json')} (the worker's ranking, tuned on valid)")
+        path = args.out.with_name(f"{prefix}model.json")
+        out.feed_blend.save(path)
+        print(f"wrote {path} (the worker's ranking, tuned on valid)")
     write_json(args.out.with_suffix(".meta.json"), out.meta)
     if args.dump_recs is not None:
         args.dump_recs.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,16 @@ import numpy.typing as npt
 
 from embeddings.fusion import fuse_item
 from embeddings.kg import HashedEntityEmbedding
-from evaluation.data import Dataset
+from embeddings.vectors import normalize
+from evaluation.data import Dataset, Event, Item
 
 logger = logging.getLogger(__name__)
 
 Matrix = npt.NDArray[np.float32]
 Encode = Callable[[Sequence[str]], Matrix]
 DEFAULT_CACHE_DIR = Path("results/cache")
+#: Width of the bundled encoder's vectors (all-MiniLM-L6-v2).
+ENCODER_DIM = 384
 
 
 def bundled_encoder(threads: int | None = None) -> tuple[str, Encode]:
@@ -76,14 +79,62 @@ class VectorCache:
         return vectors
 
 
-def item_vectors(dataset: Dataset, cache: VectorCache, kg_seed: int = 2024) -> Matrix:
-    """Fused text + KG vector per catalog row (text only for items without relations)."""
-    text = cache.encode(f"{dataset.name}-items", [it.text for it in dataset.items])
-    kg = HashedEntityEmbedding(text.shape[1], seed=kg_seed)
-    fused = np.empty_like(text)
+def text_vectors(dataset: Dataset, cache: VectorCache) -> Matrix:
+    """The encoder's vector of each item's text; zeros for an item without text."""
+    rows = [r for r, it in enumerate(dataset.items) if it.text]
+    if len(rows) == len(dataset.items):
+        return cache.encode(f"{dataset.name}-items", [it.text for it in dataset.items])
+    out = np.zeros((len(dataset.items), ENCODER_DIM), dtype=np.float32)
+    if rows:
+        out[rows] = cache.encode(f"{dataset.name}-items", [dataset.items[r].text for r in rows])
+    return out
+
+
+def item_vectors(
+    dataset: Dataset, cache: VectorCache, kg_seed: int = 2024, text: bool = True
+) -> Matrix:
+    """Fused text + KG vector per catalog row (text only for items without relations, KG
+    only for items without text; ``text=False``: the KG part alone, ids-only items)."""
+    if text:
+        text_part = text_vectors(dataset, cache)
+    else:
+        text_part = np.zeros((len(dataset.items), ENCODER_DIM), dtype=np.float32)
+    kg = HashedEntityEmbedding(text_part.shape[1], seed=kg_seed)
+    fused = np.empty_like(text_part)
     for row, item in enumerate(dataset.items):
-        fused[row] = fuse_item(text[row], kg.embed(item.relations))
+        fused[row] = fuse_item(text_part[row], kg.embed(item.relations))
     return fused
+
+
+def commented_items(
+    items: Sequence[Item], vectors: Matrix, train: Sequence[Event], comments: Mapping[str, Matrix]
+) -> Matrix:
+    """An item with no vector of its own (no text, no facts) that was commented on in
+    ``train`` gets the mean direction of those comments: what a review-only data set says
+    about an item, without looking past train."""
+    rows = {it.id: r for r, it in enumerate(items)}
+    sums: dict[int, Matrix] = {}
+    for e in train:
+        vec = comments.get(e.text) if e.text else None
+        row = rows.get(e.item)
+        if vec is None or row is None or np.any(vectors[row]):
+            continue
+        sums[row] = sums[row] + vec if row in sums else vec.astype(np.float32).copy()
+    if not sums:
+        return vectors
+    out = vectors.copy()
+    for row, total in sums.items():
+        out[row] = normalize(total)
+    return out
+
+
+def comment_vectors(dataset: Dataset, cache: VectorCache) -> dict[str, Matrix]:
+    """The encoder's vector of every distinct comment text of the data set's events."""
+    texts = sorted({e.text for e in dataset.events if e.text})
+    if not texts:
+        return {}
+    mat = cache.encode(f"{dataset.name}-comments", texts)
+    return {t: mat[k] for k, t in enumerate(texts)}
 
 
 def profile_vectors(dataset: Dataset, cache: VectorCache) -> dict[str, npt.NDArray[np.float32]]:

@@ -80,10 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from evaluation.protocols import Contender, cold_start, run_frozen, run_prequential
     from evaluation.scenerec_model import SceneRec, SceneRecConfig
     from evaluation.tuning import (
-        QUICK_WEIGHT_GRID,
-        WEIGHT_GRID,
         SceneRecTuning,
-        scenerec_structures,
+        scenerec_space,
         tune_scenerec_subsets,
     )
 
@@ -98,29 +96,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fused": item_vectors(ds, cache),
     }
     profiles = profile_vectors(ds, cache)
-    grid = QUICK_WEIGHT_GRID if args.quick else WEIGHT_GRID
     progress = not args.no_progress
     tuned: dict[str, SceneRecTuning] = {}
     for kind in ("text", "fused"):
         rows = {name: keep for name, vec, keep in ROWS if vec == kind}
-        structures = [
-            replace(cfg, learn_gate=kind == "fused") for cfg in scenerec_structures(args.quick)
-        ]
+        space = scenerec_space(args.quick)
+        space = replace(
+            space,
+            structures=tuple(replace(c, learn_gate=kind == "fused") for c in space.structures),
+        )
 
         def make(cfg: SceneRecConfig, v: npt.NDArray[np.float32] = vectors[kind]) -> SceneRec:
             return SceneRec(catalog, v, profiles, cfg)
 
-        tuned.update(
-            tune_scenerec_subsets(
-                make,
-                structures,
-                train,
-                valid,
-                grid,
-                rows,
-                progress,
-            )
-        )
+        tuned.update(tune_scenerec_subsets(make, space, train, valid, rows, progress))
     logger.info("tuned in %.0f s", time.perf_counter() - start)
 
     frozen: dict[str, list[tuple[str, dict[str, float]]]] = {}

@@ -27,6 +27,9 @@ BoolArray = npt.NDArray[np.bool_]
 K = 10
 HIT, NDCG, RECALL, MRR = "hit@10", "ndcg@10", "recall@10", "mrr@10"
 METRICS = (HIT, NDCG, RECALL, MRR)
+#: Protocol L (leave-one-out) reports these cut-offs, as S3-Rec and SASRec publish.
+LOO_KS = (5, 10, 20)
+LOO_METRICS = tuple(f"{m}@{k}" for k in LOO_KS for m in ("hit", "ndcg", "mrr"))
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 2024
 
@@ -87,6 +90,15 @@ def target_metrics(rank: float, k: int = K) -> dict[str, float]:
     if rank > k:
         return {HIT: 0.0, NDCG: 0.0, RECALL: 0.0, MRR: 0.0}
     return {HIT: 1.0, NDCG: 1.0 / math.log2(rank + 1.0), RECALL: 1.0, MRR: 1.0 / rank}
+
+
+def loo_metrics(rank: float, ks: Sequence[int] = LOO_KS) -> dict[str, float]:
+    """Hit, NDCG and MRR at each of ``ks`` of one target at a (fractional) ``rank``."""
+    out: dict[str, float] = {}
+    for k in ks:
+        at = target_metrics(rank, k)
+        out[f"hit@{k}"], out[f"ndcg@{k}"], out[f"mrr@{k}"] = at[HIT], at[NDCG], at[MRR]
+    return out
 
 
 def bootstrap(

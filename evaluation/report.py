@@ -17,14 +17,44 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from evaluation.metrics import HIT, METRICS, MRR, NDCG, RECALL, Estimate
+from evaluation.metrics import HIT, MRR, NDCG, RECALL, Estimate
 
 PROTOCOL_KEYS = ("frozen", "online", "cold_start")
+#: Every protocol key ``eval.json`` can hold (Protocol L: ``loo``, its cold items).
+ALL_PROTOCOL_KEYS = (*PROTOCOL_KEYS, "loo", "loo_cold_items")
 TITLES = {
-    "frozen": "Protocol A: frozen after train, all items ranked, 166 test users",
-    "online": "Protocol B: prequential over the 10,000 test events (valid replayed first)",
+    "frozen": "Protocol A: frozen after train, all {items:,} items ranked, {frozen_users:,} "
+    "test users",
+    "online": "Protocol B: prequential over the {online_events:,} test events (valid replayed "
+    "first)",
     "cold_start": "Protocol C: users first seen after train, NDCG@10 / Hit@10 by their event",
+    "loo": "Protocol L: leave-one-out, {loo_users:,} users, each target ranked among all "
+    "{items:,} items",
+    "loo_cold_items": "Protocol L, item cold start: the {cold_users:,} test targets whose item "
+    "lost its train events",
 }
+
+
+def titles(name: str, results: Results, counts: Mapping[str, int]) -> dict[str, str]:
+    """The tables' titles with the data set's name and its own counts."""
+    sizes = dict(counts)
+    for key, label in (
+        ("frozen", "frozen_users"),
+        ("online", "online_events"),
+        ("loo", "loo_users"),
+        ("loo_cold_items", "cold_users"),
+    ):
+        systems = results.get(key)
+        if systems:
+            est = next(iter(next(iter(systems.values())).estimates.values()))
+            sizes[label] = est.n_events if key == "online" else est.n_users
+    out: dict[str, str] = {}
+    for key, title in TITLES.items():
+        try:
+            out[key] = f"{name}, {title.format(**sizes)}"
+        except KeyError:
+            out[key] = f"{name}, {title.split(',')[0]}"
+    return out
 
 
 @dataclass
@@ -59,10 +89,7 @@ def to_json(results: Results) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def _put(row: dict[str, float], estimates: Mapping[str, Estimate], suffix: str) -> None:
-    for m in METRICS:
-        est = estimates.get(m)
-        if est is None:
-            continue
+    for m, est in estimates.items():
         row[f"{m}{suffix}"] = round(est.mean, 6)
         row[f"{m}_lo{suffix}"] = round(est.low, 6)
         row[f"{m}_hi{suffix}"] = round(est.high, 6)
@@ -75,18 +102,23 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def print_tables(results: Results, console: Console | None = None) -> None:
+def print_tables(
+    results: Results, console: Console | None = None, heads: Mapping[str, str] | None = None
+) -> None:
     # Rich wraps at 80 columns when stdout is not a terminal; these tables need ~150.
     console = console or Console(width=max(Console().width, 160), soft_wrap=False)
-    for protocol in PROTOCOL_KEYS:
+    heads = heads or TITLES
+    for protocol in ALL_PROTOCOL_KEYS:
         systems = results.get(protocol)
         if systems:
-            console.print(_table(protocol, systems))
+            console.print(_table(protocol, systems, heads.get(protocol, protocol)))
 
 
-def _table(protocol: str, systems: Mapping[str, SystemResult]) -> Table:
-    table = Table(title=TITLES[protocol], title_justify="left")
+def _table(protocol: str, systems: Mapping[str, SystemResult], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
     table.add_column("system")
+    if protocol.startswith("loo"):
+        return _loo_table(table, systems)
     if protocol == "cold_start":
         labels = list(next(iter(systems.values())).buckets)
         for label in labels:
@@ -112,6 +144,59 @@ def _table(protocol: str, systems: Mapping[str, SystemResult]) -> Table:
             f"{res.extra.get('diversity@10', float('nan')):.3f}",
         )
     return table
+
+
+def _loo_table(table: Table, systems: Mapping[str, SystemResult]) -> Table:
+    cols = ("hit@5", "ndcg@5", "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20")
+    for m in cols:
+        table.add_column(m, justify="right")
+    for name, res in systems.items():
+        cells = [
+            res.estimates[m].fmt() if m == "ndcg@10" else f"{res.estimates[m].mean:.4f}"
+            for m in cols
+        ]
+        table.add_row(name, *cells)
+    return table
+
+
+def print_deltas(deltas: Mapping[str, Mapping[str, float]], console: Console | None = None) -> None:
+    """Paired NDCG@10 differences (what text, social add), with their intervals."""
+    console = console or Console(width=max(Console().width, 160), soft_wrap=False)
+    table = Table(
+        title="Paired NDCG@10 differences, same users (95% bootstrap)", title_justify="left"
+    )
+    table.add_column("difference")
+    table.add_column("NDCG@10", justify="right")
+    for label, d in deltas.items():
+        table.add_row(label, _delta(d))
+    console.print(table)
+
+
+def print_chosen(meta: Mapping[str, Any], console: Console | None = None) -> None:
+    """Which knobs valid chose for SceneRec, and the data set's own counts."""
+    console = console or Console(width=max(Console().width, 160), soft_wrap=False)
+    console.print(f"{meta.get('dataset')}: {meta.get('counts')}")
+    tuned = meta.get("tuned", {}).get("scenerec") or {}
+    for kind in ("frozen", "online"):
+        cfg = tuned.get(kind)
+        if cfg:
+            console.print(f"  scenerec {kind}: {_knob_line(cfg)}")
+    for name, row in (meta.get("scenerec") or {}).items():
+        if isinstance(row, dict) and "chosen" in row:
+            console.print(
+                f"  {name} (loo, valid NDCG@10 {row['valid_ndcg@10']:.4f}): "
+                f"{_knob_line(row['chosen'])}"
+            )
+
+
+def _knob_line(cfg: Mapping[str, Any]) -> str:
+    blend = cfg.get("blend")
+    weights = blend["weights"] if isinstance(blend, dict) else blend
+    unit = "d" if cfg.get("clock_unit_s", 86400.0) == 86400.0 else " events"
+    return (
+        f"half-life {cfg['half_life_days']:g}{unit}, freshness {cfg['age_weight']:g}, "
+        f"blend per tenure {weights}"
+    )
 
 
 def print_diversity(payload: Mapping[str, Any], console: Console | None = None) -> None:
@@ -140,6 +225,9 @@ def print_social(payload: Mapping[str, Any], console: Console | None = None) -> 
     """The social experiment: systems with and without friends' influence."""
     console = console or Console(width=max(Console().width, 160), soft_wrap=False)
     for dataset, data in payload.items():
+        if "meta" not in data:  # SceneRec's own social term (evaluation.social)
+            _print_scenerec_social(console, dataset, data)
+            continue
         meta = data["meta"]
         table = Table(
             title=f"Social on {dataset}: random 80/20 split of listening pairs, "
@@ -159,6 +247,22 @@ def print_social(payload: Mapping[str, Any], console: Console | None = None) -> 
         d = data["social_minus_no_social"]
         table.add_row("social - no social (paired)", _delta(d[NDCG]), _delta(d[HIT]), "")
         console.print(table)
+
+
+def _print_scenerec_social(console: Console, dataset: str, data: Mapping[str, Any]) -> None:
+    table = Table(
+        title=f"Social in SceneRec on {dataset} ({data['follow_edges']:,} follow edges): "
+        "paired NDCG@10 difference, and what the followed users had",
+        title_justify="left",
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        if isinstance(value, Mapping) and "delta" in value:
+            table.add_row(key, _delta(value))
+    for key, value in data.get("friends_items", {}).items():
+        table.add_row(key, f"{value:g}")
+    console.print(table)
 
 
 PER_SCENE_TITLES = {

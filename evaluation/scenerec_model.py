@@ -17,7 +17,13 @@ score of item ``i`` for user ``u`` blends three per-item components:
 * ``gated_similarity``: ``(u ⊙ g) · i`` with the global gate ``g`` learned by BPR on the
   training events (``embeddings.colearn.fit_gates``): the same user vector, with the
   dimensions that separated clicked from unclicked items weighted up. The tuner picks
-  either this or the plain similarity (or neither) per tenure bucket.
+  either this or the plain similarity (or neither) per tenure bucket;
+* ``social`` (only for a data set with a social graph, ``NAME.net``): what the people the
+  user follows engaged with (``embeddings.social_items``). The worker's blend has no slot
+  for it yet (``COMPONENTS``): a blend that weighs it is measured here, not served.
+
+Comments (events with text) go through the worker's comment path,
+``UserState.apply_comment``, when the harness has encoded their text.
 
 The model is the streaming worker's own (``embeddings.model.SceneRecModel``): the same
 statistics code learns each click and the same ranker scores, over every item or, with
@@ -28,6 +34,8 @@ valid split only (``evaluation.tuning``).
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -35,22 +43,36 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.blend import TenureBlend
-from embeddings.blended import CandidateConfig
+from embeddings.blended import CandidateConfig, Ranker
 from embeddings.colearn import GateFitConfig, GateSamples, fit_gates
-from embeddings.collaborative import COMPONENTS, CollabConfig, Collaborative, FeedBlend
+from embeddings.collaborative import (
+    COMPONENTS,
+    GATED,
+    SIMILARITY,
+    CollabConfig,
+    Collaborative,
+    FeedBlend,
+)
 from embeddings.diversity import mmr
 from embeddings.model import SceneRecModel
+from embeddings.popularity import DecayedPopularity
 from embeddings.ranking import GLOBAL, GatedScenes, ItemIndex
 from embeddings.scenes import SceneGates
-from embeddings.user_model import UserState
+from embeddings.social_items import FriendItems
+from embeddings.user_model import SOCIAL_RATE, UserState
 from evaluation.baselines import DAY_S, Recommender
-from evaluation.data import Catalog, Event
+from evaluation.data import Catalog, Event, SocialEdge
 from evaluation.metrics import K
 
 FloatArray = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float32]
 
-__all__ = ["COMPONENTS", "Diversified", "SceneRec", "SceneRecConfig"]
+__all__ = ["COMPONENTS", "SOCIAL", "Diversified", "SceneRec", "SceneRecConfig"]
+#: The extra component of a data set with a social graph, after ``COMPONENTS``.
+SOCIAL = len(COMPONENTS)
+#: The harness ranks every item (the protocols' full ranking), whatever the catalog's size;
+#: the worker ranks over candidates past ``CandidateConfig.exact_max_items``.
+FULL_RANKING = CandidateConfig(exact_max_items=1 << 62)
 #: Called with (event, the user's state before the event, item row) for every event the
 #: model ingests, before it is applied: how per-scene models collect their training data.
 Observer = Callable[[Event, UserState, int], None]
@@ -58,8 +80,12 @@ Observer = Callable[[Event, UserState, int], None]
 
 @dataclass(frozen=True)
 class SceneRecConfig:
+    #: Popularity's and the start row's half-lives, in days (``math.inf``: no decay,
+    #: all-time counts); on an event-step clock a "day" is :attr:`clock_unit_s` events.
     half_life_days: float = 14.0
     start_half_life_days: float = 14.0
+    #: Seconds per knob "day": 86,400, or 1 where timestamps are event steps (no time).
+    clock_unit_s: float = DAY_S
     #: Transition counting: how many earlier items a click is credited to, and how fast
     #: the credit falls with distance.
     window: int = 5
@@ -67,6 +93,10 @@ class SceneRecConfig:
     #: Transition scoring: how many recent items query the counts, and their decay.
     recent: int = 5
     recency_decay: float = 0.6
+    #: Co-occurrence: the user's last this many distinct items count and score, and the
+    #: neighbours kept per item (the worker's bounds).
+    cooc_history: int = 20
+    neighbours: int = 200
     use_profiles: bool = True
     #: Fit the global gate of ``gated_similarity`` on train (BPR, L2 ``gate_reg``); off,
     #: that component is zero.
@@ -82,10 +112,16 @@ class SceneRecConfig:
     )
 
     def label(self) -> str:
+        unit = "d" if self.clock_unit_s == DAY_S else f"x{self.clock_unit_s:g}ev"
+        cooc = self.cooc_history
         return (
-            f"hl={self.half_life_days:g}d start={self.start_half_life_days:g}d "
-            f"win={self.window} recent={self.recent} age={self.age_weight:g}"
+            f"hl={self.half_life_days:g}{unit} start={self.start_half_life_days:g}{unit} "
+            f"win={self.window} recent={self.recent} age={self.age_weight:g} cooc={cooc}"
         )
+
+    @property
+    def half_life_s(self) -> float:
+        return self.half_life_days * self.clock_unit_s
 
     def with_blend(self, blend: TenureBlend) -> SceneRecConfig:
         return replace(self, blend=blend)
@@ -94,10 +130,12 @@ class SceneRecConfig:
         return CollabConfig(
             window=self.window,
             step_decay=self.step_decay,
-            start_half_life_s=self.start_half_life_days * DAY_S,
+            start_half_life_s=self.start_half_life_days * self.clock_unit_s,
             recent=self.recent,
             recency_decay=self.recency_decay,
             age_weight=self.age_weight,
+            cooc_history=self.cooc_history,
+            neighbours=self.neighbours,
         )
 
 
@@ -112,7 +150,9 @@ class SceneRec(Recommender):
         item_vectors: npt.NDArray[np.float32],
         profiles: Mapping[str, Vector],
         config: SceneRecConfig | None = None,
-        candidates: CandidateConfig | None = None,
+        social: Sequence[SocialEdge] = (),
+        comment_vectors: Mapping[str, Vector] | None = None,
+        candidates: CandidateConfig | None = FULL_RANKING,
     ) -> None:
         super().__init__(catalog)
         if item_vectors.shape[0] != len(catalog):
@@ -123,6 +163,7 @@ class SceneRec(Recommender):
         for row, item in enumerate(catalog.items):
             self.index.upsert(item.id, item_vectors[row], item.scenes, item.title)
         self._mat = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        self._has_vectors = bool(np.any(self._mat))
         self.gates = SceneGates(dim)
         self._profiles = profiles if self.config.use_profiles else {}
         self._candidates = candidates
@@ -130,11 +171,84 @@ class SceneRec(Recommender):
         self.model = self._model()
         self._states: dict[str, UserState] = {}
         self.observers: list[Observer] = []
+        # Edges without a time are known from the start; timed ones apply in time order.
+        self.friends = FriendItems(len(catalog)) if social else None
+        edges = sorted(social, key=lambda e: -math.inf if e.timestamp is None else e.timestamp)
+        self._edges = deque(edges)
+        self._comments = comment_vectors or {}
+        #: Popularity at other half-lives (days -> counts), which the tuner compares.
+        self._clocks: dict[float, DecayedPopularity] = {}
+        self._first = np.full(len(catalog), np.nan)
+        self._now = -math.inf
+        self._follow_until(-math.inf)
 
     def _model(self) -> SceneRecModel:
         return SceneRecModel(
-            self.index, self.feed_blend(), GatedScenes(self.gates), K, self._candidates
+            self.index, self._worker_blend(), GatedScenes(self.gates), K, self._candidates
         )
+
+    def _probe(self) -> Ranker:
+        """The same ranking with every weight 1: every component computed, whatever the
+        blend weighs (the tuner needs them all)."""
+        blend = self._worker_blend()
+        ones = TenureBlend.uniform((1.0,) * len(COMPONENTS), blend.blend.edges)
+        return Ranker(
+            self.index, self.stats, GatedScenes(self.gates), replace(blend, blend=ones), K
+        )
+
+    @property
+    def n_components(self) -> int:
+        return len(COMPONENTS) + (1 if self.friends is not None else 0)
+
+    def track_half_lives(self, half_lives_days: Sequence[float]) -> None:
+        """Also count popularity at these half-lives (before :meth:`fit`), so that one fit
+        lets the tuner compare them all (:meth:`popularity_row`)."""
+        for hl in half_lives_days:
+            if hl != self.config.half_life_days and hl not in self._clocks:
+                self._clocks[hl] = DecayedPopularity(
+                    len(self.catalog), hl * self.config.clock_unit_s
+                )
+
+    def popularity_row(self, half_life_days: float, age_weight: float) -> FloatArray:
+        """The popularity component a model with this half-life and freshness would have
+        (its own one exactly; another's up to float rounding)."""
+        return self.popularity_rows([(half_life_days, age_weight)])[0]
+
+    def popularity_rows(self, variants: Sequence[tuple[float, float]]) -> list[FloatArray]:
+        """:meth:`popularity_row` of each ``(half-life, freshness)``, sharing the work."""
+        own: FloatArray = self.stats.log_popularity()[: len(self.catalog)]
+        age = self._age_term()
+        out: list[FloatArray] = []
+        for hl, a in variants:
+            if hl == self.config.half_life_days:
+                same = a == self.config.age_weight
+                out.append(own if same else own + (self.config.age_weight - a) * age)
+            else:
+                pop = self._clocks[hl].log_scores()
+                out.append(pop - a * age if a else pop)
+        return out
+
+    def _age_term(self) -> FloatArray:
+        """``log(1 + days since each item's first click)``, freshness's term."""
+        age_days = np.nan_to_num((self._now - self._first) / DAY_S, nan=0.0)
+        out: FloatArray = np.log1p(np.maximum(age_days, 0.0))
+        return out
+
+    def _follow_until(self, timestamp: float) -> None:
+        while self._edges and (
+            self._edges[0].timestamp is None or self._edges[0].timestamp <= timestamp
+        ):
+            edge = self._edges.popleft()
+            if self.friends is None:  # pragma: no cover - edges imply the tracker
+                break
+            if edge.kind == "unfollow":
+                self.friends.unfollow(edge.source, edge.target)
+            else:
+                self.friends.follow(edge.source, edge.target)
+            target = self._states.get(edge.target)
+            pulled = None if target is None else target.named_vectors()
+            kind = edge.kind if edge.kind in SOCIAL_RATE else "follow"
+            self.state(edge.source).apply_social(kind, edge.target, pulled or None)
 
     @property
     def stats(self) -> Collaborative:
@@ -160,7 +274,8 @@ class SceneRec(Recommender):
 
     def fit(self, train: Sequence[Event]) -> None:
         # A streaming model learns from train exactly as it learns online: event by event.
-        samples = GateSamples(self._mat.shape[1]) if self.config.learn_gate else None
+        learn = self.config.learn_gate and self._has_vectors
+        samples = GateSamples(self._mat.shape[1]) if learn else None
         if samples is not None:
 
             def collect(event: Event, state: UserState, row: int) -> None:
@@ -186,31 +301,67 @@ class SceneRec(Recommender):
             )[GLOBAL]
             self.gates.set_gate(GLOBAL, gate)
             self._gate_learned = True
-            self.model.ranker.blend = self.feed_blend()
+            self.model.ranker.blend = self._worker_blend()
 
     def update(self, event: Event) -> None:
         if event.item not in self.catalog:
             return
         row = self.catalog.row(event.item)
+        if self._edges:
+            self._follow_until(event.timestamp)
         state = self.state(event.user)
         for observe in self.observers:
             observe(event, state, row)
         self.model.learn_click(state, event.item, event.timestamp)
-        # Event weights (lastfm listening counts) are not click strengths: every click counts 1.
-        state.apply_item(event.item, self._mat[row], event.scene)
+        for clock in self._clocks.values():
+            clock.add(row, event.timestamp)
+        if np.isnan(self._first[row]):
+            self._first[row] = event.timestamp
+        self._now = max(self._now, event.timestamp)
+        if self.friends is not None:
+            self.friends.observe(event.user, row)
+        text_vec = self._comments.get(event.text) if event.text is not None else None
+        if text_vec is not None:
+            state.apply_comment(event.item, self._mat[row], text_vec, event.scene)
+        else:
+            # Event weights (lastfm listening counts) are not click strengths: every click
+            # counts 1.
+            state.apply_item(event.item, self._mat[row], event.scene)
 
     def components(self, user: str) -> FloatArray:
-        """``(len(COMPONENTS), n_items)`` features of every item for ``user``."""
-        return self.model.ranker.global_components(self.known_state(user))
+        """``(n_components, n_items)`` features of every item for ``user``: the worker's
+        ``COMPONENTS``, then the social one where the data set has a social graph."""
+        state = self.known_state(user)
+        comps = self._probe().global_components(state)
+        if not self._has_vectors:  # ids only: no similarity (the probe gives zeros too)
+            comps[SIMILARITY] = comps[GATED] = 0.0
+        if self.friends is None:
+            return comps
+        return np.vstack([comps, self.friends.feature(user)[None, :]])
 
-    def feed_blend(self) -> FeedBlend:
-        """This model as the worker's ranking (``results/model.json``, SCENEREC_MODEL_PATH)."""
+    def _worker_blend(self) -> FeedBlend:
+        """The blend over ``COMPONENTS`` the worker's ranker runs (a social weight, which it
+        cannot serve yet, left out)."""
+        blend = self.config.blend
+        if len(blend.weights[0]) > len(COMPONENTS):
+            blend = TenureBlend(tuple(w[:SOCIAL] for w in blend.weights), blend.edges)
         return FeedBlend(
-            self.config.blend,
+            blend,
             self.config.collab(),
-            self.config.half_life_days * DAY_S,
+            self.config.half_life_s,
             self.gates.gate(GLOBAL) if self._gate_learned else None,
         )
+
+    def feed_blend(self) -> FeedBlend | None:
+        """This model as the worker's ranking (``results/model.json``, SCENEREC_MODEL_PATH);
+        None where the worker cannot serve it: a blend that weighs the social component, or
+        knobs counted in event steps (the worker's clock is seconds)."""
+        weights = self.config.blend.weights
+        if any(any(w[SOCIAL:]) for w in weights):
+            return None
+        if self.config.clock_unit_s != DAY_S:
+            return None
+        return self._worker_blend()
 
     @property
     def item_matrix(self) -> npt.NDArray[np.float32]:
@@ -222,7 +373,9 @@ class SceneRec(Recommender):
         return self._states.get(user) or self._new_state(user)
 
     def score(self, user: str) -> FloatArray:
-        return self.model.ranker.global_scores(self.known_state(user))
+        if self.friends is None:
+            return self.model.ranker.global_scores(self.known_state(user))
+        return self.config.blend.score(self.components(user), self.n_events(user))
 
 
 class Diversified(Recommender):

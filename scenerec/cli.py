@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 
@@ -55,12 +56,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from scenerec.datasets import DATASETS
+    from scenerec.datasets import DATASETS, check_scenes, load_folder
     from scenerec.kafka import ensure_topics
     from scenerec.publish import publish_dataset
 
     settings = _settings()
-    data = DATASETS[args.dataset](settings.data_dir)
+    if (args.dataset is None) == (args.dataset_dir is None):
+        print("error: name a built-in data set or give --dataset DIR (not both)", file=sys.stderr)
+        return 2
+    if args.dataset_dir is not None:
+        data = load_folder(args.dataset_dir)
+    else:
+        data = DATASETS[args.dataset](settings.data_dir)
+    check_scenes(data, settings.scenes)
     asyncio.run(ensure_topics(settings))
     stats = asyncio.run(
         publish_dataset(
@@ -68,9 +76,23 @@ def cmd_load(args: argparse.Namespace) -> int:
         )
     )
     print(
-        f"published {stats.items} items, {stats.profiles} profiles, {stats.clicks} clicks "
-        f"in {stats.seconds:.1f}s"
+        f"published {stats.items} items, {stats.profiles} profiles, {stats.social} social "
+        f"edges, {stats.clicks} clicks and {stats.comments} comments in {stats.seconds:.1f}s"
     )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from scenerec.convert import Options, convert
+
+    written = convert(
+        args.format,
+        args.src,
+        args.dst,
+        Options(name=args.name, scene=args.scene, attributes=args.attributes),
+    )
+    for name, rows in written.items():
+        print(f"wrote {args.dst / name} ({rows:,} rows)")
     return 0
 
 
@@ -194,12 +216,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loglevel", default="info", help="worker log level (default info)")
     s.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("load", help="publish a data set from ../shared/data to the input topics")
-    s.add_argument("dataset", choices=["ml-100k"], help="which data set")
-    s.add_argument("--rate", type=float, default=0.0, help="clicks per second (0 = max)")
-    s.add_argument("--limit", type=int, default=None, help="publish only the first N clicks")
+    s = sub.add_parser(
+        "load",
+        help="publish a data set to the input topics: catalog, profiles, social, then events "
+        "in order",
+    )
+    s.add_argument(
+        "dataset", nargs="?", choices=["ml-100k", "lastfm-2k"], help="a built-in data set"
+    )
+    s.add_argument(
+        "--dataset",
+        dest="dataset_dir",
+        type=Path,
+        metavar="DIR",
+        help="a folder of RecBole atomic files (`scenerec convert` writes them)",
+    )
+    s.add_argument("--rate", type=float, default=0.0, help="events per second (0 = max)")
+    s.add_argument("--limit", type=int, default=None, help="publish only the first N events")
     s.add_argument("--no-profiles", action="store_true", help="do not publish user profiles")
     s.set_defaults(func=cmd_load)
+
+    from scenerec.convert import FORMATS
+    from scenerec.convert.common import DEFAULT_SCENE
+
+    s = sub.add_parser(
+        "convert",
+        help="write RecBole atomic files (NAME.inter, .item, .user, .net, .kg/.link) from a "
+        "source format",
+        description="Formats: " + "; ".join(f"{name}: {fmt.help}" for name, fmt in FORMATS.items()),
+    )
+    s.add_argument("format", choices=list(FORMATS), help="the source's format")
+    s.add_argument("src", type=Path, help="the source file or folder")
+    s.add_argument("dst", type=Path, help="the folder to write (created if missing)")
+    s.add_argument(
+        "--name", default=None, help="the files' NAME (default: the destination folder's name)"
+    )
+    s.add_argument(
+        "--scene",
+        default=DEFAULT_SCENE,
+        help="scene of every item of a data set without scenes (default: %(default)s)",
+    )
+    s.add_argument(
+        "--attributes",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="s3rec: item id -> attribute ids, written as a knowledge graph (.kg + .link)",
+    )
+    s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("tail", help="print messages of the recommendations topic")
     s.add_argument("--user", default=None, help="only this user")
@@ -222,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what, func, dest in (
         (
             "evaluate",
-            "offline quality harness (EVALUATION.md protocols A, B, C)",
+            "offline quality harness (protocols A, B, C on ml-100k; --dataset DIR "
+            "[--protocol temporal|loo] for any folder of atomic files)",
             cmd_evaluate,
             "harness_args",
         ),

@@ -1,50 +1,53 @@
-"""Real data sets -> SceneRec events (catalog items, profiles, clicks, social edges).
+"""Data sets -> SceneRec's input records (catalog items, profiles, events, social edges).
 
-ml-100k has no scenes of its own, so its 19 genres are grouped into six scenes
-(:data:`ML100K_SCENES`); an item belongs to every scene one of its genres maps to, and a
-rating happens in the scene of the item's first genre. Ratings become clicks, ordered by
-timestamp with a stable sort (ties keep file order, as in EVALUATION.md).
+Every data set goes through one form, RecBole's atomic files (``scenerec.atomic``):
+``scenerec convert`` writes them from a source format, and :func:`load_folder` reads any
+folder of them. The built-in names (``ml-100k``, ``lastfm-2k``) convert their folder of
+``../shared/data/`` in memory, with the same converters.
 
-lastfm-2k (HetRec 2011) has one scene, ``music``: artists are the items, every
-(user, artist) listening pair is one event weighted by its listening count, and the
-friendships are social edges. It has no timestamps at all: events and edges keep file
-order with ``ts = 0``, and a split has to be random (``evaluation.data.load_lastfm2k``).
+The rules the loader applies to any atomic data set (``docs/data-format.md``):
+
+* **order**: interactions are stable-sorted by ``timestamp``, else by ``order``, else kept
+  in file order (:func:`clock`); ties keep file order, as EVALUATION.md requires;
+* **scene**: an interaction without a scene happens in its item's first scene; an item
+  without scenes is in :data:`DEFAULT_SCENE`;
+* **relations**: an item's knowledge-graph facts are the ``.kg`` triples whose head or tail
+  is the item's ``.link`` entity (a tail's facts with the relation prefixed ``~``), at
+  most :data:`MAX_RELATIONS` per item.
 """
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Genre -> scene. Written down here, used by the loader and the docs.
-ML100K_SCENES: dict[str, str] = {
-    "Action": "action",
-    "Adventure": "action",
-    "War": "action",
-    "Western": "action",
-    "Comedy": "comedy",
-    "Drama": "drama",
-    "Romance": "drama",
-    "Documentary": "drama",
-    "Animation": "family",
-    "Children's": "family",
-    "Musical": "family",
-    "Fantasy": "family",
-    "Sci-Fi": "scifi",
-    "Crime": "thriller",
-    "Film-Noir": "thriller",
-    "Horror": "thriller",
-    "Mystery": "thriller",
-    "Thriller": "thriller",
-    "unknown": "drama",
-}
+from scenerec.atomic import AtomicDataset, AtomicError, Interaction, ItemRecord, read_dataset
+from scenerec.convert.common import DEFAULT_SCENE, ConvertError, Options
+from scenerec.convert.ratings import LASTFM_SCENE, ML100K_SCENES, lastfm2k, ml100k, profile_text
 
-#: Relations kept from the Freebase triples (one entity per relation is plenty of signal).
-_MAX_RELATIONS = 64
+__all__ = [
+    "DATASETS",
+    "DEFAULT_SCENE",
+    "LASTFM_SCENE",
+    "ML100K_SCENES",
+    "Dataset",
+    "DatasetError",
+    "clock",
+    "load_folder",
+    "load_lastfm2k",
+    "load_ml100k",
+    "ordered",
+    "profile_text",
+    "relations_by_item",
+]
+
+#: Relations kept per item (one entity per relation is plenty of signal).
+MAX_RELATIONS = 64
+#: Social kinds the stream knows; a data set's own kinds (``friend``) publish as a follow.
+STREAM_SOCIAL_KINDS = ("follow", "unfollow", "like", "share")
 
 
 class DatasetError(Exception):
@@ -56,125 +59,164 @@ class Dataset:
     name: str
     items: list[dict[str, Any]]
     profiles: list[dict[str, Any]]
+    #: Events in order: clicks, and comments (a ``text`` field).
     clicks: list[dict[str, Any]]
     #: Directed ``{"source", "target", "kind", "ts"}`` edges (``ts`` None when unknown).
     social: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _rows(path: Path) -> Iterator[dict[str, str]]:
-    if not path.is_file():
-        raise DatasetError(f"{path} not found (see ../shared/data/README.md)")
-    with path.open(encoding="utf-8", errors="replace", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [h.split(":", 1)[0] for h in next(reader)]
-        for row in reader:
-            if row:
-                yield dict(zip(header, row, strict=False))
+def clock(data: AtomicDataset) -> str:
+    """``time`` (interactions have a timestamp), ``order`` (an order column) or ``none``.
+
+    The reader refuses a file where the column is filled on some lines only.
+    """
+    first = data.interactions[0] if data.interactions else None
+    if first is not None and first.timestamp is not None:
+        return "time"
+    return "order" if first is not None and first.order is not None else "none"
 
 
-def _relations(root: Path) -> dict[str, list[dict[str, str]]]:
-    """item_id -> [{relation, target}] from ml-100k.kg through ml-100k.link."""
-    link = {r["entity_id"]: r["item_id"] for r in _rows(root / "ml-100k.link")}
-    out: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for r in _rows(root / "ml-100k.kg"):
-        item = link.get(r["head_id"])
-        if item is not None and len(out[item]) < _MAX_RELATIONS:
-            out[item].append({"relation": r["relation_id"], "target": r["tail_id"]})
-        item = link.get(r["tail_id"])
-        if item is not None and len(out[item]) < _MAX_RELATIONS:
-            out[item].append({"relation": "~" + r["relation_id"], "target": r["head_id"]})
+def ordered(data: AtomicDataset) -> list[int]:
+    """Indices of ``data.interactions`` in replay order (stable: ties keep file order)."""
+    inter = data.interactions
+    kind = clock(data)
+    if kind == "none":
+        return list(range(len(inter)))
+    key: Callable[[int], float] = (
+        (lambda k: inter[k].timestamp or 0.0)
+        if kind == "time"
+        else (lambda k: inter[k].order or 0.0)
+    )
+    return sorted(range(len(inter)), key=key)
+
+
+def catalog(data: AtomicDataset) -> list[ItemRecord]:
+    """The ``.item`` records, then items only the interactions name (first seen first)."""
+    listed = {it.id for it in data.items}
+    extra = dict.fromkeys(i.item for i in data.interactions if i.item not in listed)
+    return [*data.items, *(ItemRecord(i) for i in extra)]
+
+
+def scenes_of(item: ItemRecord) -> tuple[str, ...]:
+    return item.scenes or (DEFAULT_SCENE,)
+
+
+def scene_of(event: Interaction, first_scene: dict[str, str]) -> str:
+    return event.scene or first_scene.get(event.item, DEFAULT_SCENE)
+
+
+def relations_by_item(data: AtomicDataset) -> dict[str, list[tuple[str, str]]]:
+    """item id -> ``(relation, target)`` facts from ``.kg`` through ``.link``."""
+    if not data.kg:
+        return {}
+    link = {entity: item for item, entity in data.links}
+    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for t in data.kg:
+        item = link.get(t.head)
+        if item is not None and len(out[item]) < MAX_RELATIONS:
+            out[item].append((t.relation, t.tail))
+        item = link.get(t.tail)
+        if item is not None and len(out[item]) < MAX_RELATIONS:
+            out[item].append(("~" + t.relation, t.head))
     return out
 
 
-def profile_text(age: str, gender: str, occupation: str) -> str:
-    who = {"M": "man", "F": "woman"}.get(gender, "person")
-    job = occupation if occupation not in ("none", "other") else "no stated occupation"
-    return f"A {age} year old {who} working as {job}."
+def records(data: AtomicDataset, prefix: str | None = None) -> Dataset:
+    """The stream's records: catalog items, profiles, events in order, social edges."""
+    prefix = prefix or data.name
+    relations = relations_by_item(data)
+    items = catalog(data)
+    first_scene = {it.id: scenes_of(it)[0] for it in items}
+    clicks = []
+    for k in ordered(data):
+        e = data.interactions[k]
+        click: dict[str, Any] = {
+            "event_id": f"{prefix}-{k}",
+            "user_id": e.user,
+            "item_id": e.item,
+            "scene": scene_of(e, first_scene),
+            "ts": e.timestamp if e.timestamp is not None else e.order or 0.0,
+        }
+        if e.weight is not None:
+            click["weight"] = e.weight
+        if e.text is not None:
+            click["text"] = e.text
+        clicks.append(click)
+    return Dataset(
+        data.name,
+        [
+            {
+                "item_id": it.id,
+                "scenes": list(scenes_of(it)),
+                "title": it.title or it.id,
+                "description": it.text or "",
+                "relations": [{"relation": r, "target": t} for r, t in relations.get(it.id, [])],
+            }
+            for it in items
+        ],
+        [
+            {"user_id": u.id, "profile_text": u.profile_text, "attributes": dict(u.attributes)}
+            for u in data.users
+            if u.profile_text
+        ],
+        clicks,
+        [
+            {"source": e.source, "target": e.target, "kind": e.kind or "follow", "ts": e.timestamp}
+            for e in data.net
+        ],
+    )
+
+
+def read(folder: Path) -> AtomicDataset:
+    """A folder of atomic files, with one error type for callers."""
+    try:
+        return read_dataset(folder)
+    except AtomicError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def builtin(name: str, data_dir: Path, with_kg: bool = True) -> AtomicDataset:
+    """A built-in data set of ``data_dir`` converted in memory (as ``scenerec convert`` does)."""
+    try:
+        if name == "ml-100k":
+            return ml100k(data_dir / "ml-100k", Options(), with_kg=with_kg)
+        if name == "lastfm-2k":
+            return lastfm2k(data_dir / "lastfm-2k", Options())
+    except ConvertError as exc:
+        raise DatasetError(f"{exc} (see ../shared/data/README.md)") from exc
+    raise DatasetError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
 def load_ml100k(data_dir: Path, with_kg: bool = True) -> Dataset:
-    root = data_dir / "ml-100k"
-    relations = _relations(root) if with_kg else {}
-    items: list[dict[str, Any]] = []
-    first_scene: dict[str, str] = {}
-    for r in _rows(root / "ml-100k.item"):
-        genres = r.get("class", "").split() or ["unknown"]
-        scenes = list(dict.fromkeys(ML100K_SCENES.get(g, "drama") for g in genres))
-        first_scene[r["item_id"]] = scenes[0]
-        year = r.get("release_year", "").strip()
-        items.append(
-            {
-                "item_id": r["item_id"],
-                "scenes": scenes,
-                "title": f"{r['movie_title']} ({year})" if year else r["movie_title"],
-                "description": "Genres: " + ", ".join(genres),
-                "relations": relations.get(r["item_id"], []),
-            }
-        )
-    profiles = [
-        {
-            "user_id": r["user_id"],
-            "profile_text": profile_text(r["age"], r["gender"], r["occupation"]),
-            "attributes": {
-                "age": int(r["age"]),
-                "gender": r["gender"],
-                "occupation": r["occupation"],
-            },
-        }
-        for r in _rows(root / "ml-100k.user")
-    ]
-    ratings = list(_rows(root / "ml-100k.inter"))
-    order = sorted(range(len(ratings)), key=lambda i: float(ratings[i]["timestamp"]))
-    clicks = [
-        {
-            "event_id": f"ml100k-{i}",
-            "user_id": ratings[i]["user_id"],
-            "item_id": ratings[i]["item_id"],
-            "scene": first_scene.get(ratings[i]["item_id"], "drama"),
-            "ts": float(ratings[i]["timestamp"]),
-        }
-        for i in order
-    ]
-    return Dataset("ml-100k", items, profiles, clicks)
-
-
-#: lastfm-2k's only scene.
-LASTFM_SCENE = "music"
+    return records(builtin("ml-100k", data_dir, with_kg), prefix="ml100k")
 
 
 def load_lastfm2k(data_dir: Path) -> Dataset:
     """lastfm-2k: artists, listening pairs (as weighted clicks, file order), friendships."""
-    root = data_dir / "lastfm-2k"
-    items = [
-        {
-            "item_id": r["id"],
-            "scenes": [LASTFM_SCENE],
-            "title": r["name"],
-            "description": "",
-            "relations": [],
-        }
-        for r in _rows(root / "artists.dat")
-        if r.get("name") is not None
-    ]
-    known = {it["item_id"] for it in items}
-    clicks = [
-        {
-            "event_id": f"lastfm2k-{k}",
-            "user_id": r["userID"],
-            "item_id": r["artistID"],
-            "scene": LASTFM_SCENE,
-            "ts": 0.0,
-            "weight": float(r["weight"]),
-        }
-        for k, r in enumerate(_rows(root / "user_artists.dat"))
-        if r.get("weight") is not None and r["artistID"] in known
-    ]
-    social = [
-        {"source": r["userID"], "target": r["friendID"], "kind": "friend", "ts": None}
-        for r in _rows(root / "user_friends.dat")
-        if r.get("friendID") is not None
-    ]
-    return Dataset("lastfm-2k", items, [], clicks, social)
+    return records(builtin("lastfm-2k", data_dir), prefix="lastfm2k")
 
 
-DATASETS = {"ml-100k": load_ml100k, "lastfm-2k": load_lastfm2k}
+def load_folder(folder: Path) -> Dataset:
+    """Any folder of atomic files (``scenerec load --dataset DIR``)."""
+    return records(read(folder))
+
+
+def stream_social_kind(kind: str) -> str:
+    return kind if kind in STREAM_SOCIAL_KINDS else "follow"
+
+
+DATASETS: dict[str, Callable[[Path], Dataset]] = {
+    "ml-100k": load_ml100k,
+    "lastfm-2k": load_lastfm2k,
+}
+
+
+def check_scenes(data: Dataset, declared: Sequence[str]) -> None:
+    """Every scene of the data is one the worker declares (events in others go to the DLQ)."""
+    used = {s for it in data.items for s in it["scenes"]} | {c["scene"] for c in data.clicks}
+    missing = sorted(used - set(declared))
+    if missing:
+        raise DatasetError(
+            f"scene(s) {', '.join(missing)} are not declared: add them to SCENEREC_SCENES "
+            f"(now {','.join(declared)})"
+        )
