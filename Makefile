@@ -16,7 +16,7 @@ EVAL_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install kafka system-tools demo test unit eval bench lint lock down clean
+.PHONY: install kafka system-tools demo test unit eval eval-sets bench lint lock down clean
 
 $(STAMP): requirements.lock
 	@echo ">> creating $(VENV) from requirements.lock (cached for later runs)"
@@ -58,6 +58,34 @@ test: install kafka system-tools
 # Offline quality harness (protocols A, B, C of ../shared/EVALUATION.md) -> results/eval.json
 eval: install
 	$(BIN)/python -m evaluation.cli $(EVAL_ARGS)
+
+# Every data set of ../shared/data as atomic files (results/atomic/NAME), each evaluated in
+# its protocol -> results/NAME.json. EVAL_SETS picks a subset, e.g. EVAL_SETS="amazon-beauty".
+DATA := $(CURDIR)/../shared/data
+ATOMIC := results/atomic
+CONVERT := $(BIN)/python -m scenerec.cli convert
+EVALUATE := $(BIN)/python -m evaluation.cli --no-progress $(EVAL_ARGS)
+EVAL_SETS ?= amazon-beauty yelp-s3rec amazon-scientific yelp-core40 amazon-all-beauty-reviews
+$(ATOMIC)/amazon-beauty:
+	$(CONVERT) s3rec $(DATA)/amazon-beauty/Beauty.txt $@ --attributes $(DATA)/amazon-beauty/Beauty_item2attributes.json
+$(ATOMIC)/yelp-s3rec:
+	$(CONVERT) s3rec $(DATA)/yelp-s3rec/Yelp.txt $@ --attributes $(DATA)/yelp-s3rec/Yelp_item2attributes.json
+$(ATOMIC)/amazon-scientific:
+	$(CONVERT) unisrec $(DATA)/amazon-scientific $@
+$(ATOMIC)/yelp-core40:
+	$(CONVERT) yelp-core40 $(DATA)/yelp-core40 $@
+$(ATOMIC)/amazon-all-beauty-reviews:
+	$(CONVERT) amazon-reviews $(DATA)/amazon-all-beauty-reviews/All_Beauty_5.json.gz $@
+results/amazon-beauty.json results/yelp-s3rec.json: results/%.json: | $(ATOMIC)/%
+	$(EVALUATE) --dataset $(ATOMIC)/$* --protocol loo --out $@
+results/amazon-scientific.json: | $(ATOMIC)/amazon-scientific
+	$(EVALUATE) --dataset $(ATOMIC)/amazon-scientific --protocol loo --out $@
+	$(EVALUATE) --dataset $(ATOMIC)/amazon-scientific --protocol loo --cold-items 0.1 --no-sasrec --out results/amazon-scientific-cold.json
+results/yelp-core40.json results/amazon-all-beauty-reviews.json: results/%.json: | $(ATOMIC)/%
+	$(EVALUATE) --dataset $(ATOMIC)/$* --out $@
+eval-sets: install
+	@for name in $(EVAL_SETS); do rm -f results/$$name.json; done
+	$(MAKE) $(foreach name,$(EVAL_SETS),results/$(name).json)
 
 # Pipeline benchmark on the real stack (own ports and temp dir) -> results/bench.json
 bench: install kafka
