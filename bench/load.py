@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.samples import Sample
 from tqdm import tqdm
 
 from bench.stack import CLICK_TOPIC, Worker, events_counted, metric_families, percentiles
@@ -261,15 +262,19 @@ async def throughput(
     }
 
 
+#: The metric families :func:`shape_of` reads.
+SHAPE_FAMILIES = ("scenerec_batch_events", "scenerec_recommendations", "scenerec_gc_pause_seconds")
+
+
 async def batch_shape(worker: Worker) -> dict[str, float]:
     """Click batches handled, the events in them, recommendation lists emitted and seconds
     spent in garbage collection, so far."""
-    batch, recs, gc_pauses = (
-        "scenerec_batch_events",
-        "scenerec_recommendations",
-        "scenerec_gc_pause_seconds",
-    )
-    families = await metric_families(worker, batch, recs, gc_pauses)
+    return shape_of(await metric_families(worker, *SHAPE_FAMILIES))
+
+
+def shape_of(families: dict[str, list[Sample]]) -> dict[str, float]:
+    """:func:`batch_shape` from families already read (they hold :data:`SHAPE_FAMILIES`)."""
+    batch, recs, gc_pauses = SHAPE_FAMILIES
     hist = {
         s.name: float(s.value)
         for s in families[batch]

@@ -151,6 +151,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-dir", type=Path, default=Path("results/profile"))
     p.add_argument("--out", type=Path, default=Path("results/bench.json"))
     p.add_argument("--keep-var", action="store_true", help="keep the temporary var dir")
+    p.add_argument(
+        "--reuse-ray",
+        action="store_true",
+        help="share a Ray head already running (left running); by default the bench refuses",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     args.phases = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -563,7 +568,7 @@ def table(result: dict[str, Any]) -> str:
     for cat, v in result.get("throughput_events_per_s", {}).items():
         per = result.get("throughput_detail", {}).get(cat, {}).get("lists_per_event")
         lists = "" if per is None else f" ({per:.3f} lists/click)"
-        rows.append((f"throughput, ml-100k in time order, catalog {cat} (events/s)", f(v) + lists))
+        rows.append((f"throughput, catalog {cat}, ml-100k in time order (events/s)", f(v) + lists))
         ratio = result.get("throughput_ratio", {}).get(cat)
         rows.append((f"throughput ratio, catalog {cat}", "-" if ratio is None else f"{ratio:.4f}"))
     for rate, p in result.get("latency_ms", {}).items():
@@ -613,7 +618,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.kafka_up()
 
         def serve_url() -> str:
-            url = stack.serve_up()
+            url = stack.serve_up(reuse_ray=args.reuse_ray)
             catch_signals()
             return url
 

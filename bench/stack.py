@@ -184,11 +184,23 @@ class BenchStack:
         self.started.append("kafka")
         local_kafka(self.settings).start()
 
-    def serve_up(self) -> str:
-        from deploy.ray_serve import start_serve
+    def serve_up(self, reuse_ray: bool = False) -> str:
+        """The encoder on a Ray head of the bench's own: one already running for this user
+        (a demo, someone's tests) is refused unless ``reuse_ray``, and then left running
+        (``ray stop --force`` at the end would kill it under its owner)."""
+        from deploy.ray_serve import ray_head_running, start_serve
         from deploy.stack import encoder_config
 
-        self.started.append("serve")
+        if ray_head_running():
+            if not reuse_ray:
+                raise RuntimeError(
+                    "a Ray head is already running for this user (a demo, or tests): the "
+                    "bench would redeploy its encoder and, at the end, stop it; stop it "
+                    "first (`ray stop`) or pass --reuse-ray to share it and leave it running"
+                )
+            log.warning("reusing the running Ray head; it is left running at the end")
+        else:
+            self.started.append("serve")
         return start_serve(encoder_config(self.settings), http_port=self.settings.serve_port)
 
     def lane(self, name: str, **env_extra: str) -> Lane:

@@ -8,13 +8,13 @@ of lag over time in the window (events/s); the rate is *sustained* when the benc
 it (at least 97% of it) and the slope is at most 2% of it (at most 2 events/s below
 100/s): a backlog that grows by 2% of the rate for 60 s is 1.2 s of events.
 
-The search: a probe first runs the workers flat out (a bounded backlog of
-:data:`bench.load.MAX_BACKLOG`, as the ml-100k throughput phase does) for its processed
-rate, the capacity; then rates are tried from 90% of it: up by 15% after a sustained one,
-down (to 95% of what was processed, or 80% of the rate, whichever is lower) after one
-that was not, bisecting between the two once both are known. Each try drains its backlog
-before the next. The answer is the highest sustained rate tried; if none was, the try that
-processed most is reported with ``sustained: false`` and its lag slope.
+The search: a probe first runs the workers flat out (a bounded backlog, as the ml-100k
+throughput phase does, here of 2 s of their rate) for its processed rate, the capacity;
+then rates are tried from 90% of it: up by 15% after a sustained one, down (to 95% of what
+was processed, or 80% of the rate, whichever is lower) after one that was not, bisecting
+between the two once both are known. Each try drains its backlog before the next. The
+answer is the highest sustained rate tried; if none was, the try that processed most is
+reported with ``sustained: false`` and its lag slope.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.load import MAX_BACKLOG, EventSource, batch_shape, paced
-from bench.stack import Worker, event_counts, metric_samples
+from bench.load import MAX_BACKLOG, SHAPE_FAMILIES, EventSource, paced, shape_of
+from bench.stack import Worker, event_counts, metric_families, metric_samples
 from scenerec.config import Settings
 from scenerec.kafka import producer
 
@@ -41,6 +41,10 @@ MIN_SLOPE = 2.0
 OFFERED_SHARE = 0.97
 #: "As fast as the backlog allows" for the probe.
 FLAT_OUT = 1e9
+#: The probe's backlog: this many seconds of what the workers processed so far, at least
+#: MIN_BACKLOG events (a batch closes at 500 users: two of them keep a worker busy).
+PROBE_BACKLOG_S = 2.0
+MIN_BACKLOG = 1000
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,48 @@ async def processed(workers: Sequence[Worker], topics: Sequence[str]) -> float:
     return total
 
 
-async def shapes(workers: Sequence[Worker], topics: Sequence[str]) -> dict[str, float]:
-    """The workers' batch shapes (bench.load.batch_shape) and events of ``topics`` applied
-    (outcome ok: those that change a user and so may be ranked), summed over workers."""
-    out: dict[str, float] = {"events_ok": 0.0}
+@dataclass(frozen=True)
+class Snapshot:
+    """The workers' counters at ``t`` (bench clock, when the last worker answered) and what
+    the bench had published by then."""
+
+    t: float
+    published: float
+    processed: float  # events of the workload's topics, every outcome
+    events_ok: float  # of them, applied (they change a user, so may be ranked)
+    lists: float
+    batches: float  # click batches, and the clicks in them
+    batch_events: float
+    gc_s: float
+
+
+async def snapshot(
+    workers: Sequence[Worker], topics: Sequence[str], t_start: float, published: Callable[[], int]
+) -> Snapshot:
+    """One read of each worker's ``/metrics``, summed (a worker busy with a batch answers
+    after it, so the time is taken when the answers are in)."""
+    tot = {"processed": 0.0, "events_ok": 0.0, "lists": 0.0, "batches": 0.0, "events": 0.0}
+    tot["gc_s"] = 0.0
     for w in workers:
-        for k, v in (await batch_shape(w)).items():
-            out[k] = out.get(k, 0.0) + v
-        counts = await event_counts(w)
-        out["events_ok"] += sum(v for (t, o), v in counts.items() if t in topics and o == "ok")
-    return out
+        families = await metric_families(w, "scenerec_events", *SHAPE_FAMILIES)
+        shape = shape_of(families)
+        for k in ("lists", "batches", "events", "gc_s"):
+            tot[k] += shape[k]
+        for sample in families["scenerec_events"]:
+            if sample.name == "scenerec_events_total" and sample.labels.get("topic") in topics:
+                tot["processed"] += float(sample.value)
+                if sample.labels.get("outcome") == "ok":
+                    tot["events_ok"] += float(sample.value)
+    return Snapshot(
+        time.monotonic() - t_start,
+        float(published()),
+        tot["processed"],
+        tot["events_ok"],
+        tot["lists"],
+        tot["batches"],
+        tot["events"],
+        tot["gc_s"],
+    )
 
 
 async def drain_to(
@@ -138,77 +174,110 @@ async def offered_run(
     rate: float,
     opts: SearchOptions,
     window_s: float,
-    max_backlog: float | None = None,
+    backlog_s: float | None = None,
 ) -> dict[str, Any]:
-    """Offer ``rate`` events/s (``FLAT_OUT``: as fast as ``max_backlog`` allows) for the
-    warm-up and ``window_s``; the window's processed rate, lag trend and batch shape."""
+    """Offer ``rate`` events/s for the warm-up and ``window_s``; the window's processed
+    rate, lag trend and batch shape, from the snapshots taken in it (about one a second).
+    With ``backlog_s``, publishing holds while the backlog is over that many seconds of the
+    rate processed so far (within MIN_BACKLOG and MAX_BACKLOG events): with ``FLAT_OUT``, as
+    fast as the workers go, and a slow worker's backlog still drains in seconds."""
     base = await processed(workers, topics)
     published = 0
     done_count = 0.0
-    samples: list[tuple[float, float]] = []
+    snaps: list[Snapshot] = []
+    interval = 1.0 if backlog_s is None else 0.5
+    total_s = opts.warmup_s + window_s
+    t_start = time.monotonic()
 
     def count(topic: str, event: dict[str, Any], now: float) -> None:
         nonlocal published
         published += 1
 
     def hold() -> bool:
-        return max_backlog is not None and published - done_count >= max_backlog
-
-    prod = producer(settings)
-    await prod.start()
-    stop = asyncio.Event()
-    total_s = opts.warmup_s + window_s
-    t_start = time.monotonic()
+        if backlog_s is None:
+            return False
+        seen_rate = done_count / max(1e-3, time.monotonic() - t_start)
+        cap = min(MAX_BACKLOG, max(MIN_BACKLOG, backlog_s * seen_rate))
+        return published - done_count >= cap
 
     async def sample() -> None:
         nonlocal done_count
-        while not stop.is_set():
-            done_count = await processed(workers, topics) - base
-            t = time.monotonic() - t_start
-            if t >= opts.warmup_s:
-                samples.append((t, published - done_count))
-            await asyncio.sleep(1.0)
+        while True:
+            snap = await snapshot(workers, topics, t_start, lambda: published)
+            done_count = snap.processed - base
+            snaps.append(snap)
+            if snap.t >= total_s:
+                return
+            await asyncio.sleep(interval)
 
+    prod = producer(settings)
+    await prod.start()
     sampler = asyncio.create_task(sample())
     pump = asyncio.create_task(
         paced(prod, settings, source, rate, total_s, f"r{round(rate)}", count, hold)
     )
     try:
-        await asyncio.sleep(opts.warmup_s)
-        c0, s0 = await processed(workers, topics), await shapes(workers, topics)
-        t0, p0 = time.monotonic(), published
         sent = await pump
-        c1, s1 = await processed(workers, topics), await shapes(workers, topics)
-        t1, p1 = time.monotonic(), published
+        await sampler
     finally:
-        stop.set()
-        pump.cancel()
+        for task in (pump, sampler):
+            task.cancel()
         await asyncio.gather(sampler, pump, return_exceptions=True)
         await prod.flush()
         await prod.stop()
     drain_s, drained = await drain_to(workers, topics, base + published, opts.drain_timeout_s)
-    window = t1 - t0
-    handled = c1 - c0
-    achieved = (p1 - p0) / window if window > 0 else 0.0
-    slope = lag_slope(samples)
-    lists, events_ok = s1["lists"] - s0["lists"], s1["events_ok"] - s0["events_ok"]
-    batches = s1["batches"] - s0["batches"]
     return {
         "offered_rate": None if rate >= FLAT_OUT else round(rate, 1),
-        "achieved_offered_rate": round(achieved, 1),
-        "processed_per_s": round(handled / window, 1) if window > 0 else 0.0,
-        "lag_slope_per_s": round(slope, 2),
-        "lag_at_window_start": samples[0][1] if samples else None,
-        "lag_at_window_end": samples[-1][1] if samples else None,
-        "sustained": rate < FLAT_OUT and is_sustained(rate, achieved, slope),
-        "window_s": round(window, 1),
+        **window_stats(snaps, opts.warmup_s, total_s, rate),
         "published": published,
-        "lists_per_click": round(lists / events_ok, 4) if events_ok else None,
-        "mean_click_batch": round((s1["events"] - s0["events"]) / batches, 1) if batches else None,
-        "gc_share": round((s1["gc_s"] - s0["gc_s"]) / window, 4) if window > 0 else None,
+        "sent_seconds": round(sent["seconds"], 1),
         "drain_s": round(drain_s, 1),
         "drained": drained,
-        "sent_seconds": round(sent["seconds"], 1),
+    }
+
+
+#: What :func:`window_stats` reports besides ``sustained``, ``window_s`` and the processed rate.
+_WINDOW_KEYS = (
+    "achieved_offered_rate",
+    "lag_slope_per_s",
+    "lag_at_window_start",
+    "lag_at_window_end",
+    "snapshots",
+    "lists_per_click",
+    "mean_click_batch",
+    "gc_share",
+)
+
+
+def window_stats(
+    snaps: Sequence[Snapshot], start_s: float, end_s: float, rate: float
+) -> dict[str, Any]:
+    """Rates, lag trend and batch shape between the first and last snapshot of the window
+    ``[start_s, end_s]`` (the last one taken at or after its end counts as its end)."""
+    inside = [s for s in snaps if s.t >= start_s]
+    inside = [s for s in inside if s.t <= end_s] + [s for s in inside if s.t > end_s][:1]
+    if len(inside) < 2:
+        empty: dict[str, Any] = dict.fromkeys(_WINDOW_KEYS)
+        return {**empty, "sustained": False, "window_s": 0.0, "processed_per_s": 0.0}
+    a, b = inside[0], inside[-1]
+    span = b.t - a.t
+    achieved = (b.published - a.published) / span
+    slope = lag_slope([(s.t, s.published - s.processed) for s in inside])
+    events_ok, batches = b.events_ok - a.events_ok, b.batches - a.batches
+    return {
+        "achieved_offered_rate": round(achieved, 1),
+        "processed_per_s": round((b.processed - a.processed) / span, 1),
+        "lag_slope_per_s": round(slope, 2),
+        "lag_at_window_start": a.published - a.processed,
+        "lag_at_window_end": b.published - b.processed,
+        "sustained": rate < FLAT_OUT and is_sustained(rate, achieved, slope),
+        "window_s": round(span, 1),
+        "snapshots": len(inside),
+        "lists_per_click": round((b.lists - a.lists) / events_ok, 4) if events_ok else None,
+        "mean_click_batch": round((b.batch_events - a.batch_events) / batches, 1)
+        if batches
+        else None,
+        "gc_share": round((b.gc_s - a.gc_s) / span, 4),
     }
 
 
@@ -241,7 +310,7 @@ async def search(
     """The highest sustained offered rate (module doc); every try is in ``tries``."""
     log.info("sustained search: probe flat out for %.0fs", opts.probe_s)
     probe = await offered_run(
-        settings, workers, source, topics, FLAT_OUT, opts, opts.probe_s, MAX_BACKLOG
+        settings, workers, source, topics, FLAT_OUT, opts, opts.probe_s, PROBE_BACKLOG_S
     )
     log.info("  probe: %s", probe)
     tries: list[dict[str, Any]] = []

@@ -217,3 +217,30 @@ def test_table_rows_print_targets_and_failures() -> None:
     assert rows["many users, 1000000 items, 1 worker"] == "FAILED: worker w: timed out"
     new = rows["many users, 1682 items, 1 worker: new users, profile to first list p50/p95 (ms)"]
     assert new == "200.0 / 900.0 (target < 1,000: met)"
+
+
+def test_cli_takes_the_many_users_phases_and_sizes() -> None:
+    from bench import pipeline_bench
+
+    args = pipeline_bench.parse_args(
+        ["--only", "many_users,many_users_2_workers", "--mu-catalog-sizes", "1682,100000"]
+    )
+    assert args.phases == ["many_users", "many_users_2_workers"]
+    assert args.mu_catalogs == [1682, 100_000] and args.mu_2_workers_catalog == 100_000
+    with pytest.raises(SystemExit):
+        pipeline_bench.parse_args(["--mu-catalog-sizes", "big"])
+
+
+def test_window_rates_come_from_the_snapshots_own_times() -> None:
+    # A worker busy with a long batch answers late: snapshots 1.0 s, then 3.5 s apart.
+    snaps = [
+        sustained.Snapshot(t, 100.0 * t, 100.0 * t - 50, 0.9 * 100 * t, 0.9 * 100 * t, t, 9 * t, 0)
+        for t in (9.0, 10.0, 11.0, 14.5, 15.5, 16.5, 70.5, 71.5)
+    ]
+    got = sustained.window_stats(snaps, 10.0, 70.0, 100.0)
+    # From 10.0 to the first snapshot at or after the end (70.5): both rates are 100/s.
+    assert got["window_s"] == 60.5 and got["snapshots"] == 6
+    assert got["achieved_offered_rate"] == 100.0 and got["processed_per_s"] == 100.0
+    assert got["lag_slope_per_s"] == 0.0 and got["sustained"]
+    assert got["lists_per_click"] == 1.0 and got["mean_click_batch"] == 9.0
+    assert sustained.window_stats(snaps[:1], 10.0, 70.0, 100.0)["sustained"] is False
