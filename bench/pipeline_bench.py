@@ -445,9 +445,13 @@ class Run:
         opts = self.many_users_options()
         for n in catalogs:
             log.info("many users, catalog %d, %d worker(s)", n, workers)
-            row, detail = many_users.run_catalog(
-                self.stack, self.data, n, workers, self.catalog_options(), opts, self.proxies
-            )
+            try:
+                row, detail = many_users.run_catalog(
+                    self.stack, self.data, n, workers, self.catalog_options(), opts, self.proxies
+                )
+            except Exception as exc:  # one catalog's failure keeps the others' results
+                log.exception("many users, catalog %d, %d worker(s) failed", n, workers)
+                row, detail = {"error": f"{type(exc).__name__}: {exc}"}, {}
             profile = detail.pop("profile", None)
             if profile is not None:
                 self.record_profile(f"many-users-{n}", profile)

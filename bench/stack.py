@@ -240,12 +240,24 @@ class BenchStack:
 # --- reading a worker -----------------------------------------------------------------------
 
 
+#: How long a live worker may take to answer ``/metrics``: its event loop answers between
+#: batches, and one batch of 500 new users on a 100,000-item catalog took over 5 s.
+METRICS_PATIENCE_S = 120.0
+
+
 async def metric_families(worker: Worker, *names: str) -> dict[str, list[Sample]]:
-    """The samples of each named metric family, from one read of the worker's ``/metrics``."""
+    """The samples of each named metric family, from one read of the worker's ``/metrics``
+    (retried while the worker lives and is busy, for up to :data:`METRICS_PATIENCE_S`)."""
     url = f"{worker.url}/metrics"
-    status, body = await asyncio.to_thread(http_get, url)
-    if status != 200:
-        raise RuntimeError(f"GET {url} answered {status}")
+    t0 = time.monotonic()
+    while True:
+        status, body = await asyncio.to_thread(http_get, url, 30.0)
+        if status == 200:
+            break
+        if status != 0 or not worker.alive() or time.monotonic() - t0 > METRICS_PATIENCE_S:
+            alive = "alive" if worker.alive() else f"exited; log tail:\n{worker.log_tail()}"
+            raise RuntimeError(f"GET {url} answered {status} (worker {worker.name} {alive})")
+        await asyncio.sleep(1.0)
     out: dict[str, list[Sample]] = {name: [] for name in names}
     for family in text_string_to_metric_families(body.decode()):
         if family.name in out:

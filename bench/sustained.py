@@ -20,6 +20,7 @@ reported with ``sustained: false`` and its lag slope.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -204,7 +205,8 @@ async def offered_run(
         nonlocal done_count
         while True:
             snap = await snapshot(workers, topics, t_start, lambda: published)
-            done_count = snap.processed - base
+            snap = dataclasses.replace(snap, processed=snap.processed - base)  # this run's
+            done_count = snap.processed
             snaps.append(snap)
             if snap.t >= total_s:
                 return
