@@ -23,6 +23,7 @@ import platform
 import random
 import statistics
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -180,12 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started_here = args.url is None
     ray_start_s = None
+    from deploy.ray_serve import RayHead
+
+    # A head of this run's own, so that no other head on the machine is reused or stopped.
+    head = RayHead(free_port(), Path(f"/tmp/scenerec-ray-{uuid.uuid4().hex[:8]}"))
     if started_here:
         from deploy.ray_serve import start_serve
         from serving.encoder_app import EncoderAppConfig
 
         t0 = time.perf_counter()
-        url = start_serve(EncoderAppConfig(torch_threads=args.threads), http_port=free_port())
+        url = start_serve(
+            EncoderAppConfig(torch_threads=args.threads), http_port=free_port(), head=head
+        )
         ray_start_s = round(time.perf_counter() - t0, 1)
     else:
         url = args.url
@@ -220,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if started_here:
             from deploy.ray_serve import stop_serve
 
-            stop_serve()
+            stop_serve(head)
 
     print(f"\n{'mode':<22}{'batch':>6}{'texts':>7}{'s':>9}{'texts/s':>10}{'efficiency':>12}")
     for r in rows:

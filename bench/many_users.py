@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -48,8 +49,10 @@ from scenerec.kafka import producer
 
 log = logging.getLogger("bench.many_users")
 
-#: The worker logs this when its catalog outgrows the item-item counts (ranking.py).
+#: The worker before issue 20 logs this when its catalog outgrows its item-item counts.
 FALLBACK_LOG = "larger than the collaborative counts' limit"
+#: Since issue 20 the worker logs up to which catalog size it scores every item.
+EXACT_LOG = re.compile(r"every item scored up to (\d+) items")
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def _measure(
         latency_at(settings, workload, opts.latency_rate, opts.latency_seconds, opts.grace_s)
     )
     detail["rss_mb"] = {"after_throughput": rss_after_tp, "at_end": _rss(workers)}
-    detail["ranking"] = _ranking_mode(workers)
+    detail["ranking"] = _ranking_mode(workers, n)
     detail["seconds"] = round(time.monotonic() - t0, 1)
     lat = detail["latency"]
     row = {
@@ -166,13 +169,19 @@ def _rss(workers: list[Worker]) -> dict[str, dict[str, float | None]]:
     return {w.name: {"now": mb(w.rss_mb()), "peak": mb(w.rss_mb("VmHWM"))} for w in workers}
 
 
-def _ranking_mode(workers: list[Worker]) -> str:
+def _ranking_mode(workers: list[Worker], n: int) -> str:
+    """How the worker ranked this catalog, from what its log says at start-up."""
     for w in workers:
         with contextlib.suppress(OSError):
             text = (w.var_dir / "logs" / f"{w.name}.log").read_text(errors="replace")
-            if FALLBACK_LOG in text:
+            if FALLBACK_LOG in text:  # the worker before issue 20
                 return "fallback: log popularity + similarity (item-item counts dropped)"
-    return "blend (with item-item counts)"
+            exact = EXACT_LOG.search(text)
+            if exact is not None:
+                if n <= int(exact.group(1)):
+                    return "exact: every item scored, with the item-item statistics"
+                return "candidates, then the blend over them"
+    return "blend over every item (with item-item counts)"
 
 
 def _profile_probe(

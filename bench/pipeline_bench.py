@@ -151,11 +151,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-dir", type=Path, default=Path("results/profile"))
     p.add_argument("--out", type=Path, default=Path("results/bench.json"))
     p.add_argument("--keep-var", action="store_true", help="keep the temporary var dir")
-    p.add_argument(
-        "--reuse-ray",
-        action="store_true",
-        help="share a Ray head already running (left running); by default the bench refuses",
-    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     args.phases = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -622,7 +617,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.kafka_up()
 
         def serve_url() -> str:
-            url = stack.serve_up(reuse_ray=args.reuse_ray)
+            url = stack.serve_up()
             catch_signals()
             return url
 

@@ -31,21 +31,26 @@ from pathlib import Path
 from typing import Any
 
 #: (bucket, substrings of a frame's file path or function); first match in this order wins.
-#: Item statistics are counted on every click (``ItemIndex.record_click`` lives in ranking.py
-#: and calls the item-item terms' modules), so that rule comes before ranking's. The blend
-#: and its item-item terms are ranking too: before they were listed they fell to "pipeline,
-#: other", the caller's bucket, which then read as the worker's own overhead.
+#: Item statistics: a click's deltas (``click_deltas`` in embeddings/model.py), the stage
+#: that applies them and the rows every worker reads back; that rule comes before
+#: ranking's, whose modules they call. The blend and its item-item terms are ranking.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("item statistics (ItemIndex.record_click)", ("ItemIndex.record_click",)),
+    (
+        "item statistics (deltas, stage, shared rows)",
+        (
+            "click_deltas",
+            "embeddings/itemstats.py",
+            "streams/itemstats.py",
+            "streams/stats_reader.py",
+        ),
+    ),
     (
         "ranking (ranking.py, blended.py, item-item terms)",
         (
             "embeddings/ranking.py",
-            "embeddings/popularity.py",
             "embeddings/blended.py",
             "embeddings/collaborative.py",
-            "embeddings/cooccurrence.py",
-            "embeddings/transitions.py",
+            "embeddings/model.py",
         ),
     ),
     ("state codec (streams/state.py)", ("streams/state.py",)),

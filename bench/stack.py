@@ -92,6 +92,9 @@ def base_env(var_dir: Path) -> dict[str, str]:
         "SCENEREC_KAFKA_CONTROLLER_PORT": str(free_port()),
         "SCENEREC_SERVE_PORT": str(free_port()),
         "SCENEREC_WORKER_WEB_PORT": str(free_port()),
+        # A Ray head of the bench's own: other stacks on the machine keep theirs.
+        "SCENEREC_RAY_PORT": str(free_port()),
+        "SCENEREC_RAY_TEMP_DIR": f"/tmp/scenerec-ray-{uuid.uuid4().hex[:8]}",
     }
 
 
@@ -184,24 +187,16 @@ class BenchStack:
         self.started.append("kafka")
         local_kafka(self.settings).start()
 
-    def serve_up(self, reuse_ray: bool = False) -> str:
-        """The encoder on a Ray head of the bench's own: one already running for this user
-        (a demo, someone's tests) is refused unless ``reuse_ray``, and then left running
-        (``ray stop --force`` at the end would kill it under its owner)."""
-        from deploy.ray_serve import ray_head_running, start_serve
-        from deploy.stack import encoder_config
+    def serve_up(self) -> str:
+        from deploy.ray_serve import start_serve
+        from deploy.stack import encoder_config, ray_head
 
-        if ray_head_running():
-            if not reuse_ray:
-                raise RuntimeError(
-                    "a Ray head is already running for this user (a demo, or tests): the "
-                    "bench would redeploy its encoder and, at the end, stop it; stop it "
-                    "first (`ray stop`) or pass --reuse-ray to share it and leave it running"
-                )
-            log.warning("reusing the running Ray head; it is left running at the end")
-        else:
-            self.started.append("serve")
-        return start_serve(encoder_config(self.settings), http_port=self.settings.serve_port)
+        self.started.append("serve")
+        return start_serve(
+            encoder_config(self.settings),
+            http_port=self.settings.serve_port,
+            head=ray_head(self.settings),
+        )
 
     def lane(self, name: str, **env_extra: str) -> Lane:
         """A fresh lane: topics created, no worker started yet."""
@@ -229,9 +224,10 @@ class BenchStack:
             lane.stop_all()
         if "serve" in self.started:
             from deploy.ray_serve import stop_serve
+            from deploy.stack import ray_head
 
             with contextlib.suppress(Exception):
-                stop_serve()
+                stop_serve(ray_head(self.settings))
         if "kafka" in self.started:
             local_kafka(self.settings).stop()
         self.started.clear()

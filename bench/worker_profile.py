@@ -140,17 +140,15 @@ def instrument(pipe: Pipeline, store: VectorStore, timers: Timers) -> None:
 
     store_any: Any = store
     store_any.upsert_users = timers.wrap("vector store: upsert_users", store.upsert_users)
-    # Whichever ranking entry points the pipeline imported (per user or per batch).
-    for name in ("recommend", "recommend_many", "recommend_blended", "to_payload"):
-        if hasattr(pl, name):
-            setattr(pl, name, timers.wrap(f"ranking: {name}", getattr(pl, name)))
+    setattr(pl, "to_payload", timers.wrap("ranking: to_payload", pl.to_payload))  # noqa: B010
+    model: Any = pipe.model
+    model.rank = timers.wrap("ranking: rank", pipe.model.rank)
+    model.click_deltas = timers.wrap("item statistics: click_deltas", pipe.model.click_deltas)
     codec: Any = state_codec  # the module object the pipeline calls through
     codec.loads = timers.wrap("state codec: loads", state_codec.loads)
     codec.dumps = timers.wrap("state codec: dumps", state_codec.dumps)
     pipe_any: Any = pipe
     pipe_any._parse_one = timers.wrap("parse: json + pydantic", pipe._parse_one)
-    index: Any = pipe.index
-    index.record_click = timers.wrap("item statistics: record_click", pipe.index.record_click)
 
 
 def click_batches(

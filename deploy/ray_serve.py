@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OBJECT_STORE_BYTES = 300 * 1024 * 1024
 # Where `ray start` writes ray_current_cluster (same lookup order as Ray itself).
 RAY_TMP = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
+#: Ray's own default GCS port.
+DEFAULT_RAY_PORT = 6379
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """Which Ray head a stack uses: Ray's default one (``temp_dir`` None: shared by every
+    stack of this user, and stopped with ``ray stop``), or one of its own (its GCS port and
+    temporary folder), which only this stack starts and stops: test and benchmark stacks
+    running side by side on one machine then never reuse or kill each other's."""
+
+    port: int = DEFAULT_RAY_PORT
+    temp_dir: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return "auto" if self.temp_dir is None else f"127.0.0.1:{self.port}"
 
 
 def _ray_bin() -> str:
@@ -53,20 +73,23 @@ def _ray_bin() -> str:
     return found
 
 
-def ray_head_running() -> bool:
-    """True if a Ray head started by this user answers on its GCS port."""
-    marker = RAY_TMP / "ray_current_cluster"
+def ray_head_running(head: RayHead = RayHead()) -> bool:
+    """True if the head answers on its GCS port (Ray's default head: one this user started)."""
     try:
-        if marker.stat().st_uid != os.getuid():
-            return False
-        host, _, port = marker.read_text().strip().rpartition(":")
+        if head.temp_dir is not None:
+            host, port = "127.0.0.1", str(head.port)
+        else:
+            marker = RAY_TMP / "ray_current_cluster"
+            if marker.stat().st_uid != os.getuid():
+                return False
+            host, _, port = marker.read_text().strip().rpartition(":")
         with socket.create_connection((host, int(port)), timeout=1.0):
             return True
     except (OSError, ValueError):
         return False
 
 
-def _start_head(num_cpus: int, metrics_port: int | None) -> None:
+def _start_head(num_cpus: int, metrics_port: int | None, head: RayHead) -> None:
     cmd = [
         _ray_bin(),
         "start",
@@ -76,6 +99,12 @@ def _start_head(num_cpus: int, metrics_port: int | None) -> None:
         f"--num-cpus={num_cpus}",
         f"--object-store-memory={OBJECT_STORE_BYTES}",
     ]
+    if head.temp_dir is not None:
+        cmd += [
+            f"--port={head.port}",
+            f"--temp-dir={head.temp_dir}",
+            "--node-ip-address=127.0.0.1",
+        ]
     if metrics_port is not None:
         # Ray's Prometheus export: its own metrics and the Serve apps' custom ones.
         cmd.append(f"--metrics-export-port={metrics_port}")
@@ -149,18 +178,19 @@ def start_serve(
     timeout_s: float = 180,
     api_overrides: dict[str, Any] | None = None,
     metrics_port: int | None = None,
+    head: RayHead = RayHead(),
 ) -> str:
     """Ensure a Ray head, deploy the encoder app (and the pull API when ``api_overrides``
     are given: Settings fields for its replicas), wait for a real answer, return its URL."""
     t0 = time.monotonic()
     deadline = t0 + timeout_s
-    if ray_head_running():
-        logger.info("reusing the Ray head already running for this user")
+    if ray_head_running(head):
+        logger.info("reusing the Ray head already running at %s", head.address)
     else:
         needed = math.ceil(config.num_replicas * config.num_cpus)
         cpus = num_cpus if num_cpus is not None else max(os.cpu_count() or 1, needed)
-        _start_head(cpus, metrics_port)
-    ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
+        _start_head(cpus, metrics_port, head)
+    ray.init(address=head.address, logging_level=logging.WARNING, log_to_driver=False)
     try:
         serve.start(http_options={"host": http_host, "port": http_port})
         logger.info("deploying app %r at %s with %s", APP_NAME, ROUTE_PREFIX, config)
@@ -177,20 +207,47 @@ def start_serve(
     return url
 
 
-def stop_serve() -> None:
-    """Shut Serve down (if this process is connected) and stop every Ray process of this user."""
+def stop_serve(head: RayHead = RayHead()) -> None:
+    """Shut Serve down (if this process is connected) and stop the head: every Ray process
+    of this user for Ray's default head, only the head's own processes otherwise."""
     if ray.is_initialized():
         try:
             serve.shutdown()  # type: ignore[no-untyped-call]
         except Exception:  # Ray is being killed next anyway.
             logger.exception("serve.shutdown() failed; forcing ray stop")
         ray.shutdown()
+    if head.temp_dir is not None:
+        _kill_head(head.temp_dir)
+        return
     logger.info("stopping Ray: ray stop --force")
     proc = subprocess.run(
         [_ray_bin(), "stop", "--force"], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         logger.warning("`ray stop --force` exited %d: %s", proc.returncode, proc.stderr[-500:])
+
+
+def _kill_head(temp_dir: Path) -> None:
+    """Stop the processes of the head whose temporary folder is ``temp_dir`` (each names it
+    on its command line); ``ray stop`` would stop every head of this user."""
+    mark = str(temp_dir).encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    logger.info("stopping the Ray head in %s: %d processes", temp_dir, len(pids))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        if sig == signal.SIGTERM:
+            time.sleep(2.0)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -232,8 +289,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from deploy.stack import api_overrides, ray_head
+    from scenerec.config import load_settings
+
+    settings = load_settings()
     if args.command == "stop":
-        stop_serve()
+        stop_serve(ray_head(settings))
         return 0
     threads = args.threads
     if threads is None and args.device == "cpu":
@@ -248,10 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_ongoing_requests=args.max_ongoing_requests,
         torch_threads=threads,
     )
-    from deploy.stack import api_overrides
-    from scenerec.config import load_settings
-
-    settings = load_settings()
     url = start_serve(
         config,
         args.host,
@@ -260,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.timeout,
         api_overrides=None if args.no_api else api_overrides(settings),
         metrics_port=args.metrics_port or settings.ray_metrics_port,
+        head=ray_head(settings),
     )
     print(url)
     return 0

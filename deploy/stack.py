@@ -21,6 +21,7 @@ from scenerec.config import Settings
 from scenerec.kafka import ensure_topics
 
 if TYPE_CHECKING:  # Ray is heavy: import it only where it is used
+    from deploy.ray_serve import RayHead
     from serving.encoder_app import EncoderAppConfig
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,13 @@ def _kafka_up(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings))
 
 
+def ray_head(settings: Settings) -> RayHead:
+    """The Ray head the settings name (``SCENEREC_RAY_PORT``, ``SCENEREC_RAY_TEMP_DIR``)."""
+    from deploy.ray_serve import RayHead
+
+    return RayHead(settings.ray_port, settings.ray_temp_dir)
+
+
 def up(settings: Settings, worker: bool = True) -> StackInfo:
     started = time.monotonic()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +119,7 @@ def up(settings: Settings, worker: bool = True) -> StackInfo:
                 http_port=settings.serve_port,
                 api_overrides=api_overrides(settings),
                 metrics_port=settings.ray_metrics_port,
+                head=ray_head(settings),
             )
         else:
             log.info("using the encoder at %s", settings.encoder_url)
@@ -131,7 +140,7 @@ def down(settings: Settings) -> None:
     if settings.encoder_url is None:
         from deploy.ray_serve import stop_serve
 
-        stop_serve()
+        stop_serve(ray_head(settings))
     if settings.kafka_bootstrap is None:
         local_kafka(settings).stop()
     log.info("stack stopped")

@@ -1,34 +1,22 @@
-"""Scene-conditioned ranking: r = (u ⊙ s) · i over an in-memory item matrix, plus what is
-popular now.
+"""The item index every ranking reads, and the parts of a ranked list: selection, reasons.
 
-The final score is ``log pop_now(i) + SIM_WEIGHT * (u ⊙ s) · i``: the similarity alone
-ranks far below plain popularity on a temporal split (the evaluation harness measured
-NDCG@10 0.038 vs 0.283 on EVALUATION.md's protocol A), because what people watch next is
-mostly what is popular at that moment; the user's vector then re-orders it by taste.
+:class:`ItemIndex` holds every item's fused vector, title, scenes and knowledge-graph
+facts by row, and the :func:`~embeddings.itemstats.item_key` of each row (how the
+item-stats rows that workers share name items). The scores themselves are the tenure
+blend of ``embeddings.blended``, over the whole catalog or over candidates; this module
+selects the top of a score vector (ties by row, without sorting everything), finds the
+term that lifted each item most, and writes the reason a recommended item carries.
 
-The vector store holds every item vector; the worker also keeps them here as one dense
-matrix, because ranking a user against every item of a scene is a single matrix-vector
-product (1,682 x 384 takes microseconds) while a store query per scene per event would be
-a round trip each. Every recommended item carries a reason that names the scene and what
-drove the score.
-
-Speed (see docs/benchmarks.md): the worker ranks every user a batch touched, in every scene
-the user is active in. :func:`recommend_many` scores all of those queries with one matrix
-product (one pass over the item matrix instead of one per query: 10x less memory traffic on
-a 100,000-item catalog) and computes the popularity feature once. The product runs with one
-BLAS thread: OpenBLAS's threads on these small products cost more than they gain, and on a
-loaded machine a 1,682 x 384 product with 2 threads measured 12 ms instead of 0.1 ms. On
-catalogs of two blocks or more, :meth:`ItemIndex.set_threads` shares the blocks among
-threads instead, each block still one single-threaded BLAS call, so every value stays the
-same bit for bit (OpenBLAS's own threads split a product differently and round
-differently).
+Item products run with one BLAS thread: OpenBLAS's threads on these small products cost
+more than they gain on a loaded machine. On catalogs of two blocks or more,
+:meth:`ItemIndex.set_threads` shares the blocks among threads instead, each block still one
+single-threaded BLAS call, so every value stays the same bit for bit.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,25 +26,14 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
-from embeddings.collaborative import (
-    COOCCURRENCE,
-    DEFAULT_MAX_ITEMS,
-    TRANSITIONS,
-    CollabConfig,
-    Collaborative,
-)
-from embeddings.popularity import DecayedPopularity
+from embeddings.collaborative import COOCCURRENCE, TRANSITIONS, Collaborative
+from embeddings.itemstats import item_key
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState
 from embeddings.vectors import Rows, Vector
 
 log = logging.getLogger(__name__)
 GLOBAL = "global"
-#: Weight of the similarity term against log popularity. The harness's valid-tuned blends
-#: put similarity at 1-8x popularity depending on the user's tenure; 4 is their middle.
-SIM_WEIGHT = 4.0
-#: Clicks count half as much after this long (event time): the harness's tuned value.
-POPULARITY_HALF_LIFE_S = 7 * 86_400.0
 
 #: Controls the BLAS thread pool of the numpy loaded in this process (see the module doc).
 _BLAS = ThreadpoolController()
@@ -102,11 +79,9 @@ class Ranked:
 
 
 class ItemIndex:
-    """Item vectors, titles, scenes and live popularity, indexed by row."""
+    """Item vectors, titles, scenes, knowledge-graph facts and item keys, indexed by row."""
 
-    def __init__(
-        self, dim: int, half_life_s: float = POPULARITY_HALF_LIFE_S, threads: int = 1
-    ) -> None:
+    def __init__(self, dim: int, threads: int = 1) -> None:
         self.dim = dim
         self.set_threads(threads)
         self._ids: list[str] = []
@@ -117,26 +92,16 @@ class ItemIndex:
         #: Items per KG fact: the rarer a shared fact, the more it says (see :func:`explain`).
         self._fact_items: dict[str, int] = {}
         self._mat = np.zeros((0, dim), dtype=np.float32)
-        self._pop = DecayedPopularity(0, half_life_s)
         self._scene_rows: dict[str, npt.NDArray[np.bool_]] = {}
-        #: Item-item counts learned from clicks (None: off, or the catalog outgrew them).
-        self.collab: Collaborative | None = None
-        self._collab_max_items = 0
-
-    def enable_collaborative(
-        self, config: CollabConfig, max_items: int = DEFAULT_MAX_ITEMS
-    ) -> None:
-        """Learn transitions and co-occurrence from :meth:`record_click`, up to ``max_items``."""
-        self._collab_max_items = max_items
-        self.collab = Collaborative(0, config)
-        self._grow_collab(self._mat.shape[0])
+        self._keys = np.zeros(0, dtype=np.int64)
+        #: ``_keys`` sorted, and the row of each (built on demand: :meth:`rows_of_keys`).
+        self._key_order: tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]] | None = None
 
     def set_threads(self, threads: int) -> None:
         """Threads that share the blocks of the item product (:meth:`_similarities`).
 
-        numpy releases the GIL inside each block's BLAS call, so on a 100,000 x 384 catalog
-        2 threads took 60.8 ms for 77 queries where one took 108.5 ms (docs/benchmarks.md).
-        Catalogs of one block (up to 4,096 items) always use one.
+        numpy releases the GIL inside each block's BLAS call; catalogs of one block (up to
+        4,096 items) always use one.
         """
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -154,7 +119,6 @@ class ItemIndex:
         vector: Vector,
         scenes: Sequence[str],
         title: str,
-        popularity: float = 0.0,
         facts: Iterable[str] = (),
     ) -> None:
         """Add or replace an item; ``facts`` are its KG ``"relation target"`` strings."""
@@ -168,8 +132,8 @@ class ItemIndex:
             self._scenes.append(tuple(scenes))
             self._facts.append(frozenset())
             self._grow(row + 1)
-            self._grow_collab(self._mat.shape[0])
-            self._pop.set(row, popularity)
+            self._keys[row] = item_key(item_id)
+            self._key_order = None
         else:
             self._titles[row] = title
             self._scenes[row] = tuple(scenes)
@@ -191,26 +155,13 @@ class ItemIndex:
         mat = np.zeros((cap, self.dim), dtype=np.float32)
         mat[: self._mat.shape[0]] = self._mat
         self._mat = mat
-        self._pop.grow(cap)
+        keys = np.zeros(cap, dtype=np.int64)
+        keys[: self._keys.shape[0]] = self._keys
+        self._keys = keys
         for scene, mask in list(self._scene_rows.items()):
             grown = np.zeros(cap, dtype=np.bool_)
             grown[: mask.shape[0]] = mask
             self._scene_rows[scene] = grown
-
-    def _grow_collab(self, cap: int) -> None:
-        if self.collab is None:
-            return
-        if len(self._ids) > self._collab_max_items:
-            log.warning(
-                "catalog of %d items is larger than the collaborative counts' limit of %d"
-                " (SCENEREC_COLLAB_MAX_ITEMS): they are dropped, and the worker ranks by"
-                " log popularity + similarity alone",
-                len(self._ids),
-                self._collab_max_items,
-            )
-            self.collab = None
-            return
-        self.collab.grow(min(cap, self._collab_max_items))
 
     def _scene_mask(self, scene: str) -> npt.NDArray[np.bool_]:
         mask = self._scene_rows.get(scene)
@@ -218,6 +169,14 @@ class ItemIndex:
             mask = np.zeros(self._mat.shape[0], dtype=np.bool_)
             self._scene_rows[scene] = mask
         return mask
+
+    def scene_rows(self, scene: str | None) -> npt.NDArray[np.bool_] | None:
+        """Which rows are in ``scene`` (None: every row, no mask)."""
+        return None if scene is None else self._scene_mask(scene)[: len(self._ids)]
+
+    def scenes(self) -> list[str]:
+        """Every scene some item is in."""
+        return [s for s, mask in self._scene_rows.items() if mask[: len(self._ids)].any()]
 
     def vector(self, item_id: str) -> Vector | None:
         row = self._row.get(item_id)
@@ -227,17 +186,40 @@ class ItemIndex:
         """Vectors of known ``item_ids``, one row each, in order."""
         return self._mat[[self._row[i] for i in item_ids]]
 
+    def vectors_at(self, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
+        """Vectors of item ``rows``, one row each."""
+        return self._mat[rows]
+
     def row_of(self, item_id: str) -> int | None:
         return self._row.get(item_id)
 
     def item_at(self, row: int) -> str:
         return self._ids[row]
 
+    def key_at(self, row: int) -> int:
+        """The item-stats key of ``row`` (:func:`embeddings.itemstats.item_key`)."""
+        return int(self._keys[row])
+
+    def rows_of_keys(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+        """The row of each item-stats key; -1 for a key of no item indexed yet."""
+        if self._key_order is None:
+            n = len(self._ids)
+            order = np.argsort(self._keys[:n], kind="stable")
+            self._key_order = (self._keys[:n][order], order.astype(np.intp))
+        sorted_keys, rows = self._key_order
+        if not sorted_keys.shape[0]:
+            return np.full(keys.shape[0], -1, dtype=np.intp)
+        at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.shape[0] - 1)
+        return np.where(sorted_keys[at] == keys, rows[at], -1)
+
     def title(self, item_id: str) -> str:
         return self._titles[self._row[item_id]]
 
     def scenes_of(self, item_id: str) -> tuple[str, ...]:
         return self._scenes[self._row[item_id]]
+
+    def facts_of(self, item_id: str) -> tuple[str, ...]:
+        return tuple(sorted(self._facts[self._row[item_id]]))
 
     def shared_fact(self, a: str, b: str) -> str | None:
         """The KG fact items ``a`` and ``b`` share that the fewest items have, if any."""
@@ -249,38 +231,6 @@ class ItemIndex:
             return None
         return min(shared, key=lambda f: (self._fact_items[f], f))
 
-    def popularity(self, item_id: str) -> float:
-        """Decayed click count as of the latest click seen."""
-        return float(self._pop.counts()[self._row[item_id]])
-
-    def count_click(self, item_id: str, ts: float | None = None) -> None:
-        """One click at event time ``ts`` (None: at the latest time seen)."""
-        row = self._row.get(item_id)
-        if row is not None:
-            now = self._pop.now
-            self._pop.add(row, ts if ts is not None else (now if now is not None else 0.0))
-
-    def record_click(self, item_id: str, ts: float | None, state: UserState) -> None:
-        """A click by the user of ``state``, *before* the state takes it in: popularity,
-        and the transitions and co-occurrence it adds to what the user had."""
-        self.count_click(item_id, ts)
-        row = self._row.get(item_id)
-        if self.collab is None or row is None:
-            return
-        if ts is None:
-            ts = self._pop.now if self._pop.now is not None else 0.0
-        history = self.rows(state.recent).tolist()
-        seen = None if item_id in state.seen else self.rows(state.seen)
-        self.collab.observe(history, seen, row, ts)
-
-    def set_half_life(self, half_life_s: float) -> None:
-        """Popularity's half-life from now on (the counts so far stay as they are)."""
-        self._pop.set_half_life(half_life_s)
-
-    def log_popularity(self) -> npt.NDArray[np.float64]:
-        """``log`` decayed click counts of the live rows (see ``DecayedPopularity``)."""
-        return self._pop.log_scores()[: len(self._ids)]
-
     def rows(self, item_ids: Iterable[str]) -> npt.NDArray[np.intp]:
         """Rows of the known ``item_ids`` (unknown ids are skipped)."""
         ids = list(item_ids)
@@ -290,44 +240,6 @@ class ItemIndex:
             return np.fromiter(
                 (r for i in ids if (r := self._row.get(i)) is not None), dtype=np.intp
             )
-
-    def rank(
-        self,
-        query: Vector | None,
-        k: int,
-        scene: str | None = None,
-        exclude_rows: npt.NDArray[np.intp] | None = None,
-        sim_weight: float = SIM_WEIGHT,
-    ) -> list[Ranked]:
-        """Top ``k`` by ``log pop_now + sim_weight * query · i`` (popularity alone if no query).
-
-        Ties break by row order (a stable sort), so the same state ranks the same way.
-        """
-        return self.rank_many([RankQuery(query, scene, exclude_rows)], k, sim_weight)[0]
-
-    def rank_many(
-        self, queries: Sequence[RankQuery], k: int, sim_weight: float = SIM_WEIGHT
-    ) -> list[list[Ranked]]:
-        """:meth:`rank` for each of ``queries``, with one matrix product for all of them."""
-        n = len(self._ids)
-        if n == 0 or not queries:
-            return [[] for _ in queries]
-        pop = self.log_popularity()
-        with_vec = [j for j, q in enumerate(queries) if q.query is not None]
-        sims: npt.NDArray[np.float32] | None = None
-        if with_vec:
-            sims = self._similarities([queries[j].query for j in with_vec], n)
-        row_of = {j: r for r, j in enumerate(with_vec)}
-        zeros: npt.NDArray[np.float64] | None = None
-        out: list[list[Ranked]] = []
-        for j, q in enumerate(queries):
-            if sims is not None and j in row_of:
-                sim = sims[row_of[j]].astype(np.float64)
-            else:
-                zeros = np.zeros(n, dtype=np.float64) if zeros is None else zeros
-                sim = zeros
-            out.append(self._top(pop, sim, k, q.scene, q.exclude_rows, sim_weight))
-        return out
 
     def _similarities(self, queries: Sequence[Vector | None], n: int) -> npt.NDArray[np.float32]:
         """``self._mat[:n] @ q`` for every query, one row each; bit for bit below
@@ -372,30 +284,6 @@ class ItemIndex:
                 for f in futures:  # never return (or raise) while a thread still writes
                     f.result()
         return sims
-
-    def _top(
-        self,
-        pop: npt.NDArray[np.float64],
-        sim: npt.NDArray[np.float64],
-        k: int,
-        scene: str | None,
-        exclude_rows: npt.NDArray[np.intp] | None,
-        sim_weight: float,
-    ) -> list[Ranked]:
-        scores = pop + sim_weight * sim
-        cand, top = self.select(scores, k, scene, exclude_rows)
-        if cand.size == 0:
-            return []
-        pop_mid, sim_mid = _median(pop[cand]), _median(sim[cand])
-        return [
-            Ranked(
-                self._ids[r],
-                float(scores[r]),
-                float(pop[r] - pop_mid),
-                float(sim_weight * (sim[r] - sim_mid)),
-            )
-            for r in top
-        ]
 
     def select(
         self,
@@ -448,75 +336,14 @@ class GatedScenes:
         return state.global_vec if scene is None else state.scene_vector(scene)
 
 
-def _scene_model(scenes: SceneGates | SceneModel) -> SceneModel:
-    return GatedScenes(scenes) if isinstance(scenes, SceneGates) else scenes
-
-
-@dataclass(frozen=True)
-class RankQuery:
-    """One ranking request: a query vector (None: popularity only), a scene, rows to skip."""
-
-    query: Vector | None
-    scene: str | None = None
-    exclude_rows: npt.NDArray[np.intp] | None = None
-
-
-#: Arrays at least this long get the sampled selections below; shorter ones one partition.
+#: Arrays at least this long get the sampled selection of :func:`_stable_top_k`.
 _SAMPLED_MIN = 8192
 #: Every this many values make the sample: 6,250 of 100,000.
 _SAMPLE_STEP = 16
 
 
-def _repeated_kth(x: npt.NDArray[np.float64], k: int) -> tuple[float, int] | None:
-    """The k-th smallest value (0-based) of a long 1-d array without NaN, and how many
-    values are below it, when one value repeats all around that rank, else None: a sorted
-    sample says so, and two counts confirm it.
-
-    numpy's partition at one index (x86-simd-sort's quickselect) took 0.3 ms on 100,000
-    distinct values here, but 2.3-3.8 ms when most of them were equal, as log popularity is
-    on a large catalog where most items were never clicked (docs/benchmarks.md). Counting
-    takes 0.05 ms.
-    """
-    n = x.shape[0]
-    if n < _SAMPLED_MIN:
-        return None
-    sample = np.sort(x[::_SAMPLE_STEP])
-    j = k * sample.shape[0] // n
-    w = 4 * math.isqrt(sample.shape[0]) + 1  # about 4 standard deviations of the estimate
-    value = sample[max(j - w, 0)]
-    if value != sample[min(j + w, sample.shape[0] - 1)]:
-        return None
-    below = int(np.count_nonzero(x < value))
-    if below <= k < np.count_nonzero(x <= value):
-        return float(value), below
-    return None
-
-
-def _median(x: npt.NDArray[np.float64]) -> float:
-    """``float(np.median(x))`` of a non-empty 1-d array: the same value, faster.
-
-    numpy's median partitions at two or three places (the middle ones, and the last to find
-    a NaN): 0.6-1.3 ms on 100,000 values here. One partition at the middle took 0.3 ms on
-    distinct values (:func:`_repeated_kth` handles the case where it is slow); the lower
-    middle value of an even length is then the largest of the lower half, and a NaN
-    anywhere makes the median NaN, as in numpy. The mean of the two middle values is
-    ``(a + b) / 2``, as numpy computes it.
-    """
-    m = x.shape[0]
-    if np.isnan(x.max()):
-        return math.nan
-    h = m // 2
-    repeated = _repeated_kth(x, h)
-    if repeated is not None and (m % 2 or repeated[1] <= h - 1):
-        return repeated[0]  # for an even length the lower middle value is the same one
-    part = np.partition(x, h)
-    if m % 2:
-        return float(part[h])
-    return float((part[:h].max() + part[h]) / 2)
-
-
 def medians(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """:func:`_median` of each row of a 2-d array with no NaN, with one partition call."""
+    """The median of each row of a 2-d array with no NaN, with one partition call."""
     m = x.shape[1]
     h = m // 2
     if m % 2:
@@ -555,59 +382,6 @@ def _stable_top_k(keys: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.intp]
     return near[np.argsort(keys[near], kind="stable")[:k]]
 
 
-def recommend(
-    state: UserState,
-    index: ItemIndex,
-    scenes: SceneGates | SceneModel,
-    k: int,
-) -> dict[str, list[Scored]]:
-    """Top-k for the global feed and for every scene the user is active in.
-
-    ``scenes``: gates alone (a sparse scene borrows from the global vector) or a full
-    :class:`SceneModel` such as a fitted ``CoLearner``.
-    """
-    return recommend_many([state], index, scenes, k)[0]
-
-
-def recommend_many(
-    states: Sequence[UserState],
-    index: ItemIndex,
-    scenes: SceneGates | SceneModel,
-    k: int,
-) -> list[dict[str, list[Scored]]]:
-    """:func:`recommend` for each of ``states``: every (user, scene) query in one product.
-
-    Scores are ``log pop_now + SIM_WEIGHT * (u ⊙ s) · i``; the worker ranks with the
-    tenure blend of ``embeddings.blended`` instead, which reuses this module's parts.
-    """
-    model = _scene_model(scenes)
-    plans: list[tuple[UserState, History | None, list[tuple[str, Vector | None]]]] = []
-    queries: list[RankQuery] = []
-    for state in states:
-        # Per user, not per scene: the seen rows and the recent items' vectors (for reasons).
-        seen_rows = index.rows(state.seen)
-        recent = [i for i in state.recent if i in index]
-        history = History(recent, index.vectors_of(recent)) if recent else None
-        lists: list[tuple[str, Vector | None]] = []
-        for scene in [None, *state.active_scenes]:
-            user_vec = model.scene_vector(state, scene)
-            query = None if user_vec is None else model.gates.apply(scene or GLOBAL, user_vec)
-            queries.append(RankQuery(query, scene, seen_rows))
-            lists.append((scene or GLOBAL, user_vec))
-        plans.append((state, history, lists))
-    ranked = iter(index.rank_many(queries, k))
-    out: list[dict[str, list[Scored]]] = []
-    for state, history, lists in plans:
-        recs: dict[str, list[Scored]] = {}
-        for name, user_vec in lists:
-            recs[name] = [
-                Scored(r.item_id, r.score, explain(state, index, r, name, user_vec, history))
-                for r in next(ranked)
-            ]
-        out.append(recs)
-    return out
-
-
 @dataclass(frozen=True)
 class History:
     """A user's recent items that are in the index, and their vectors (one row each)."""
@@ -637,52 +411,96 @@ class History:
 def explain(
     state: UserState,
     index: ItemIndex,
+    stats: Collaborative,
     ranked: Ranked,
     scene: str,
     user_vec: Vector | None,
     history: History | None,
 ) -> str:
-    """Name what lifted the item most: popularity now, or one source of the user's vector.
+    """:func:`explain_many` for one item."""
+    return explain_many(state, index, stats, [ranked], scene, user_vec, history)[0]
+
+
+def explain_many(
+    state: UserState,
+    index: ItemIndex,
+    stats: Collaborative,
+    ranked: Sequence[Ranked],
+    scene: str,
+    user_vec: Vector | None,
+    history: History | None,
+) -> list[str]:
+    """Name what lifted each item most: popularity now, the earlier click the transitions
+    or co-occurrence came from, or one source of the user's vector.
 
     The user's vector is a weighted mean of what pulled it: the items they engaged with,
     their profile text, and the users they follow (their vectors when they pulled). The
     source most similar to the candidate is the largest single term of its similarity, and
-    that source is what the reason names. When it is an item that shares a knowledge-graph
+    that source is what the reason names (on a tie: an item, the most recent first, then
+    the profile, then a followed user). When it is an item that shares a knowledge-graph
     fact with the candidate, the rarest shared fact is named too: the KG part of both
-    vectors is built from those facts.
+    vectors is built from those facts. The similarities of a whole list come from one
+    product.
     """
     where = "across scenes" if scene == GLOBAL else f"in {scene}"
-    item_id = ranked.item_id
-    term = ranked.lead or leading_term(ranked, user_vec is not None)
-    if term in ("transitions", "cooccurrence"):
-        reason = _collaborative_reason(index, item_id, term, where, history)
-        if reason is not None:
-            return reason
-        term = "popularity"
-    if term == "popularity":
-        return f"popular now {where} ({index.popularity(item_id):.1f} recent clicks)"
-    cand = index.vector(item_id)
-    if cand is None:
-        return f"{where}: close to your taste"
-    sources: list[tuple[float, str, str]] = []  # (similarity, kind, name), best first below
+    out: list[str | None] = [None] * len(ranked)
+    taste: list[int] = []  # positions whose reason is a source of the user's vector
+    for j, r in enumerate(ranked):
+        term = r.lead or leading_term(r, user_vec is not None)
+        if term in ("transitions", "cooccurrence"):
+            out[j] = _collaborative_reason(index, stats, r.item_id, term, where, history)
+            if out[j] is not None:
+                continue
+            term = "popularity"
+        if term == "popularity":
+            row = index.row_of(r.item_id)
+            clicks = 0.0 if row is None else stats.popularity(row)
+            out[j] = f"popular now {where} ({clicks:.1f} recent clicks)"
+        else:
+            taste.append(j)
+    if taste:
+        reasons = _taste_reasons(state, index, ranked, taste, where, history)
+        for j, reason in zip(taste, reasons, strict=True):
+            out[j] = reason
+    return [r or f"{where}: close to your taste" for r in out]
+
+
+def _taste_reasons(
+    state: UserState,
+    index: ItemIndex,
+    ranked: Sequence[Ranked],
+    positions: Sequence[int],
+    where: str,
+    history: History | None,
+) -> list[str]:
+    """The reasons of the items lifted by the user's taste: the closest source each."""
+    kinds: list[tuple[str, str]] = []  # (kind, name), in tie order: items, profile, users
+    vecs: list[Vector] = []
     if history is not None:
-        sims = history.vectors @ cand
-        j = int(np.argmax(sims))  # the first of equal maxima, in recency order
-        sources.append((float(sims[j]), "item", history.item_ids[j]))
+        kinds += [("item", i) for i in history.item_ids]
+        vecs += list(history.vectors)
     if state.profile_vec is not None:
-        sources.append((float(state.profile_vec @ cand), "profile", ""))
+        kinds.append(("profile", ""))
+        vecs.append(state.profile_vec)
     for user, vec in state.pulled_by.items():
-        sources.append((float(vec @ cand), "user", user))
-    if not sources:
-        return f"{where}: close to your taste"
-    _, kind, name = max(sources, key=lambda t: (t[0], -_SOURCE_RANK[t[1]]))
-    if kind == "item":
-        reason = f"{where}: similar to '{index.title(name)}' you engaged with"
-        fact = index.shared_fact(item_id, name)
-        return reason if fact is None else f"{reason}; both have {fact_label(fact)}"
-    if kind == "user":
-        return f"{where}: close to the taste of {name}, whom you follow"
-    return f"{where}: matches your profile"
+        kinds.append(("user", user))
+        vecs.append(vec)
+    ids = [ranked[j].item_id for j in positions]
+    if not kinds:
+        return [f"{where}: close to your taste"] * len(ids)
+    sims = np.stack(vecs) @ index.vectors_of(ids).T  # (sources, items)
+    out = []
+    for item_id, best in zip(ids, np.argmax(sims, axis=0).tolist(), strict=True):
+        kind, name = kinds[best]  # argmax: the first of equal maxima, in tie order
+        if kind == "item":
+            reason = f"{where}: similar to '{index.title(name)}' you engaged with"
+            fact = index.shared_fact(item_id, name)
+            out.append(reason if fact is None else f"{reason}; both have {fact_label(fact)}")
+        elif kind == "user":
+            out.append(f"{where}: close to the taste of {name}, whom you follow")
+        else:
+            out.append(f"{where}: matches your profile")
+    return out
 
 
 #: The terms :func:`leading_terms` compares, in its tie order.
@@ -717,12 +535,17 @@ def leading_term(ranked: Ranked, has_vector: bool) -> str:
 
 
 def _collaborative_reason(
-    index: ItemIndex, item_id: str, term: str, where: str, history: History | None
+    index: ItemIndex,
+    collab: Collaborative,
+    item_id: str,
+    term: str,
+    where: str,
+    history: History | None,
 ) -> str | None:
     """Name the earlier item of the user's that sent the most transition (or co-occurrence)
     mass to ``item_id``: the click the recommendation follows from."""
-    collab, target = index.collab, index.row_of(item_id)
-    if collab is None or target is None:
+    target = index.row_of(item_id)
+    if target is None:
         return None
     if term == "transitions":
         if history is None or not history.rows:  # no event yet: scored by the start row
@@ -740,10 +563,6 @@ def _collaborative_reason(
     title = index.title(index.item_at(src))
     return f"{where}: the same people engaged with this and with '{title}', which you had"
 
-
-#: Highest similarity wins in :func:`explain`; on a tie, an item before the profile before
-#: a followed user.
-_SOURCE_RANK = {"item": 0, "profile": 1, "user": 2}
 
 
 def fact_label(fact: str) -> str:

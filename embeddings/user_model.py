@@ -58,6 +58,8 @@ class UserState:
     #: Other users' global vectors that pulled this one (follow, like, share), latest last.
     pulled_by: dict[str, Vector] = field(default_factory=dict)
     last_event_id: str | None = None
+    #: Feed (``global`` or a scene) -> ``n_events`` when it was last ranked and sent.
+    ranked_at: dict[str, int] = field(default_factory=dict)
     #: ``applied`` as a set, built on the first look-up: a scan of up to 1,024 ids per
     #: event showed in the worker's profile. Not state: the codec keeps ``applied``.
     _applied_ids: set[str] | None = field(default=None, repr=False, compare=False)

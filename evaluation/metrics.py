@@ -66,13 +66,14 @@ def midrank(scores: FloatArray, target: int, excluded: BoolArray | None = None) 
 
     With ``g`` strictly better items and ``e`` items tied with the target (itself included)
     the rank is ``g + (e + 1) / 2``: the mean position of the target over all orders of
-    its tie group.
+    its tie group. A target scored -inf (outside a model's candidates) ranks after every
+    scored item.
     """
     if excluded is not None and excluded[target]:
         raise ValueError("the target item is excluded from the ranking")
     value = scores[target]
-    if not math.isfinite(float(value)):
-        raise ValueError("the target's score is not finite")
+    if math.isnan(float(value)) or float(value) == math.inf:
+        raise ValueError("the target's score is not a number or infinite")
     live = scores if excluded is None else scores[~excluded]
     greater = int(np.count_nonzero(live > value))
     equal = int(np.count_nonzero(live == value))

@@ -5,22 +5,25 @@ Item vectors are the worker's: encoder text vector fused with the hashed KG embe
 ``apply_item`` on every click, seeded from the profile text by ``apply_profile``. The
 score of item ``i`` for user ``u`` blends three per-item components:
 
-* ``popularity``: log recency-decayed click counts (``embeddings.popularity``), what is
+* ``popularity``: log recency-decayed click counts (``embeddings.itemstats``), what is
   popular *now*, the prior every user starts from;
 * ``transitions``: log of the next-item mass from the user's last items, or, for a user
   with no events yet, from the start row (what new users start with lately)
-  (``embeddings.transitions``);
+  (``embeddings.itemstats``);
 * ``similarity``: ``(u ⊙ s) · i`` with the user's global vector (the profile vector for a
   user not seen clicking yet) and the global scene gate, exactly the worker's ranking score;
-* ``cooccurrence``: log of the item-item cosine mass from everything the user had
-  (``embeddings.cooccurrence``), taste once a few events are known;
+* ``cooccurrence``: log of the item-item cosine mass from the user's last distinct items
+  (``embeddings.itemstats``), taste once a few events are known;
 * ``gated_similarity``: ``(u ⊙ g) · i`` with the global gate ``g`` learned by BPR on the
   training events (``embeddings.colearn.fit_gates``): the same user vector, with the
   dimensions that separated clicked from unclicked items weighted up. The tuner picks
   either this or the plain similarity (or neither) per tenure bucket.
 
-The blend weights depend on the user's tenure (``embeddings.blend.TenureBlend``); they and
-the decay constants are chosen on the valid split only (``evaluation.tuning``).
+The model is the streaming worker's own (``embeddings.model.SceneRecModel``): the same
+statistics code learns each click and the same ranker scores, over every item or, with
+``candidates``, over each feed's candidates. The blend weights depend on the user's
+tenure (``embeddings.blend.TenureBlend``); they and the decay constants are chosen on the
+valid split only (``evaluation.tuning``).
 """
 
 from __future__ import annotations
@@ -32,15 +35,17 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.blend import TenureBlend
+from embeddings.blended import CandidateConfig
 from embeddings.colearn import GateFitConfig, GateSamples, fit_gates
 from embeddings.collaborative import COMPONENTS, CollabConfig, Collaborative, FeedBlend
 from embeddings.diversity import mmr
-from embeddings.popularity import DecayedPopularity
-from embeddings.ranking import GLOBAL, ItemIndex
+from embeddings.model import SceneRecModel
+from embeddings.ranking import GLOBAL, GatedScenes, ItemIndex
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState
 from evaluation.baselines import DAY_S, Recommender
 from evaluation.data import Catalog, Event
+from evaluation.metrics import K
 
 FloatArray = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float32]
@@ -97,6 +102,8 @@ class SceneRecConfig:
 
 
 class SceneRec(Recommender):
+    """The worker's model (``embeddings.model.SceneRecModel``) under the harness's contract."""
+
     name = "scenerec"
 
     def __init__(
@@ -105,6 +112,7 @@ class SceneRec(Recommender):
         item_vectors: npt.NDArray[np.float32],
         profiles: Mapping[str, Vector],
         config: SceneRecConfig | None = None,
+        candidates: CandidateConfig | None = None,
     ) -> None:
         super().__init__(catalog)
         if item_vectors.shape[0] != len(catalog):
@@ -114,25 +122,24 @@ class SceneRec(Recommender):
         self.index = ItemIndex(dim)
         for row, item in enumerate(catalog.items):
             self.index.upsert(item.id, item_vectors[row], item.scenes, item.title)
-        # Ranking needs every item's score, not a top-k; ItemIndex.rank only returns the
-        # top-k, so the same vectors are also kept as one matrix in catalog row order.
-        self._mat = np.stack([self._vector(i) for i in catalog.ids]).astype(np.float32)
+        self._mat = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.gates = SceneGates(dim)
         self._profiles = profiles if self.config.use_profiles else {}
-        n = len(catalog)
-        self.popularity = DecayedPopularity(n, self.config.half_life_days * DAY_S)
-        # Transitions, co-occurrence and freshness: the worker's own code (the same class
-        # ranks its feeds), so what is measured here is what it serves.
-        self.collab = Collaborative(n, self.config.collab())
+        self._candidates = candidates
+        self._gate_learned = False
+        self.model = self._model()
         self._states: dict[str, UserState] = {}
         self.observers: list[Observer] = []
-        self._gate_learned = False
 
-    def _vector(self, item_id: str) -> Vector:
-        vec = self.index.vector(item_id)
-        if vec is None:  # pragma: no cover - every catalog item was just upserted
-            raise KeyError(item_id)
-        return vec
+    def _model(self) -> SceneRecModel:
+        return SceneRecModel(
+            self.index, self.feed_blend(), GatedScenes(self.gates), K, self._candidates
+        )
+
+    @property
+    def stats(self) -> Collaborative:
+        """What the clicks so far taught about items (the worker's own statistics code)."""
+        return self.model.stats
 
     def _new_state(self, user: str) -> UserState:
         state = UserState()
@@ -179,6 +186,7 @@ class SceneRec(Recommender):
             )[GLOBAL]
             self.gates.set_gate(GLOBAL, gate)
             self._gate_learned = True
+            self.model.ranker.blend = self.feed_blend()
 
     def update(self, event: Event) -> None:
         if event.item not in self.catalog:
@@ -187,36 +195,13 @@ class SceneRec(Recommender):
         state = self.state(event.user)
         for observe in self.observers:
             observe(event, state, row)
-        history = [self.catalog.row(i) for i in state.recent]
-        # Co-occurrence is over distinct items: a repeat click adds no pairs.
-        seen = None if event.item in state.seen else [self.catalog.row(i) for i in state.seen]
-        self.collab.observe(history, seen, row, event.timestamp)
-        self.popularity.add(row, event.timestamp)
-        self.index.count_click(event.item, event.timestamp)
+        self.model.learn_click(state, event.item, event.timestamp)
         # Event weights (lastfm listening counts) are not click strengths: every click counts 1.
         state.apply_item(event.item, self._mat[row], event.scene)
 
     def components(self, user: str) -> FloatArray:
         """``(len(COMPONENTS), n_items)`` features of every item for ``user``."""
-        state = self.known_state(user)
-        history = [self.catalog.row(i) for i in state.recent]
-        n = len(self.catalog)
-        sim = gated = np.zeros(n, dtype=np.float64)
-        if state.global_vec is not None:
-            sim = (self._mat @ state.global_vec).astype(np.float64)
-            if self._gate_learned:
-                query = self.gates.apply(GLOBAL, state.global_vec)
-                gated = (self._mat @ query).astype(np.float64)
-        seen = [self.catalog.row(i) for i in state.seen]
-        return np.stack(
-            [
-                self.collab.fresh_popularity(self.popularity.log_scores()),
-                self.collab.transition_feature(history),
-                sim,
-                self.collab.cooccurrence_feature(seen),
-                gated,
-            ]
-        )
+        return self.model.ranker.global_components(self.known_state(user))
 
     def feed_blend(self) -> FeedBlend:
         """This model as the worker's ranking (``results/model.json``, SCENEREC_MODEL_PATH)."""
@@ -237,7 +222,7 @@ class SceneRec(Recommender):
         return self._states.get(user) or self._new_state(user)
 
     def score(self, user: str) -> FloatArray:
-        return self.config.blend.score(self.components(user), self.n_events(user))
+        return self.model.ranker.global_scores(self.known_state(user))
 
 
 class Diversified(Recommender):

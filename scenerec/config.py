@@ -80,6 +80,10 @@ class Settings(BaseSettings):
         default=None, description="a running encoder route; unset = the project's Ray Serve app"
     )
     serve_port: int = 18000
+    #: The Ray head: Ray's default one (shared by this user's stacks) unless a temporary
+    #: folder is set, then a head of this stack's own on ``ray_port``.
+    ray_port: int = Field(default=6379, ge=1, le=65535)
+    ray_temp_dir: Path | None = None
     #: Ray's Prometheus export (Ray's own metrics and the Serve apps' custom ones). Outside
     #: Ray's default worker-port range (10002-19999), which `ray start` refuses to overlap.
     ray_metrics_port: int = 9188
@@ -138,9 +142,19 @@ class Settings(BaseSettings):
     #: The ranking blend tuned on valid (``make eval`` writes results/model.json); unset:
     #: the built-in one (``embeddings.collaborative.DEFAULT_FEED_BLEND``).
     model_path: Path | None = None
-    #: Largest catalog whose item-item counts (transitions, co-occurrence) are kept; two
-    #: dense float32 matrices, 200 MB at 5,000 items. 0 turns them off.
-    collab_max_items: int = Field(default=5000, ge=0)
+    #: Catalogs up to this many items are ranked exactly (every item scored); larger ones
+    #: score each feed's candidates (``embeddings.blended``). 0: always candidates.
+    exact_max_items: int = Field(default=5000, ge=0)
+    #: Candidates per feed from each source: the neighbours of the user's items (each of
+    #: transitions and co-occurrence), the nearest items to the feed's query, the popular.
+    candidates_neighbours: int = Field(default=100, ge=0)
+    candidates_nearest: int = Field(default=100, ge=0)
+    candidates_popular: int = Field(default=100, ge=0)
+    #: A scene feed the user's events did not change is ranked again after this many of
+    #: their events.
+    feed_refresh_events: int = Field(default=10, ge=1)
+    #: How long the item-stats agent gathers deltas before it applies and writes them.
+    stats_batch_within_s: float = Field(default=0.5, gt=0)
     #: Threads that share the item product when ranking a catalog of more than 4,096 items
     #: (the same scores, bit for bit, as one thread). 0: one per CPU this process may run
     #: on, at most 4. At 100,000 items the product was a third of the worker on one thread.

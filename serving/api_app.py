@@ -91,9 +91,15 @@ class LatestRecommendations:
             self.latest.pop(user_id, None)
             return
         try:
-            self.latest[user_id] = orjson.loads(value)
+            payload = orjson.loads(value)
         except orjson.JSONDecodeError:
             logger.warning("skipping an unreadable recommendations message for %r", user_id)
+            return
+        # A message carries the feeds its event changed; the others keep their last list.
+        before = self.latest.get(user_id)
+        if before is not None:
+            payload["scenes"] = {**before.get("scenes", {}), **payload.get("scenes", {})}
+        self.latest[user_id] = payload
 
 
 def select(payload: dict[str, Any], scene: str | None, k: int, source: str) -> Recommendations:
@@ -162,10 +168,19 @@ class Service:
 
     async def recommendations(self, user_id: str, scene: str | None, k: int) -> Recommendations:
         self.start()
-        if (payload := self.cache.latest.get(user_id)) is not None:
+        payload = self.cache.latest.get(user_id)
+        if payload is not None and (scene is None or scene in payload.get("scenes", {})):
             return select(payload, scene, k, "stream")
-        if (payload := await self.on_demand(user_id)) is not None:
-            return select(payload, scene, k, "on_demand")
+        try:
+            computed = await self.on_demand(user_id)
+        except HTTPException:
+            if payload is None:
+                raise
+            computed = None  # no worker to ask: the stream's lists, without that scene
+        if computed is not None:
+            return select(computed, scene, k, "on_demand")
+        if payload is not None:
+            return select(payload, scene, k, "stream")
         raise HTTPException(404, f"unknown user {user_id!r}: no state and no recommendations")
 
 

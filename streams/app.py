@@ -53,7 +53,7 @@ app = App(
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
     # Not compacted, so a jump in their offsets is records skipped (streams/transport.py).
     contiguous_topics=frozenset(
-        settings.topic(spec.name) for spec in t.INPUT_TOPICS if not spec.compacted
+        settings.topic(spec.name) for spec in (*t.INPUT_TOPICS, t.ITEM_DELTAS) if not spec.compacted
     ),
     broker=f"kafka://{settings.bootstrap}",
     broker_credentials=_credentials(settings),
@@ -91,14 +91,24 @@ catalog_topic = topic(t.CATALOG)
 profiles_topic = topic(t.PROFILES)
 recommendations_topic = topic(t.RECOMMENDATIONS)
 dlq_topic = topic(t.DLQ)
+item_deltas_topic = topic(t.ITEM_DELTAS)
 #: The topics the agents consume (the catalog is read outside the consumer group).
-STREAM_TOPICS = (clicks_topic, comments_topic, social_topic, profiles_topic)
+STREAM_TOPICS = (clicks_topic, comments_topic, social_topic, profiles_topic, item_deltas_topic)
 
 # Per-user state, backed by its changelog topic. ``use_partitioner``: agents work on
 # batches spanning partitions, so the changelog partition must follow the key (the same
 # murmur2 partitioner the producers use), not "the current event".
 users_table = app.Table(
     "user-state",
+    key_type=bytes,
+    value_type=bytes,
+    partitions=settings.partitions,
+    use_partitioner=True,
+)
+# The item statistics every worker ranks with, keyed by item (streams/itemstats.py): the
+# item-stats agent writes it, every worker reads its changelog (streams/stats_reader.py).
+item_stats_table = app.Table(
+    "item-stats",
     key_type=bytes,
     value_type=bytes,
     partitions=settings.partitions,
@@ -118,4 +128,4 @@ class MetricsView(View):
 # Registration side effects: the runtime service (which also reads the whole catalog on
 # every worker, see streams/catalog_reader.py) and one agent per partitioned input topic.
 from streams import runtime  # noqa: E402,F401
-from streams.agents import clicks, comments, profiles, social  # noqa: E402,F401
+from streams.agents import clicks, comments, itemstats, profiles, social  # noqa: E402,F401

@@ -26,6 +26,10 @@ class WorkerMetrics:
     encoder_batch_size: Histogram
     encoder_seconds: Histogram
     recommendations: Counter
+    feeds_ranked: Counter
+    item_deltas: Counter
+    item_rows_applied: Counter
+    item_rows_received: Counter
     consumer_lag: Gauge
     items_indexed: Gauge
     event_to_recommendation_seconds: Histogram
@@ -106,6 +110,26 @@ class WorkerMetrics:
             recommendations=Counter(
                 "scenerec_recommendations_total",
                 "Recommendation messages emitted",
+                registry=reg,
+            ),
+            feeds_ranked=Counter(
+                "scenerec_feeds_ranked_total",
+                "Feeds (global or one scene) ranked and sent in recommendations messages",
+                registry=reg,
+            ),
+            item_deltas=Counter(
+                "scenerec_item_deltas_total",
+                "Click deltas sent to the item-stats stage",
+                registry=reg,
+            ),
+            item_rows_applied=Counter(
+                "scenerec_item_rows_applied_total",
+                "Item-stats rows this worker's stage changed and wrote to its table",
+                registry=reg,
+            ),
+            item_rows_received=Counter(
+                "scenerec_item_rows_received_total",
+                "Item-stats rows this worker read from the shared table into its ranking",
                 registry=reg,
             ),
             consumer_lag=Gauge(

@@ -27,24 +27,20 @@ from typing import NamedTuple, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from embeddings.blended import recommend_blended
+from embeddings.blended import CandidateConfig, Feed, NearestItems
 from embeddings.colearn import CoLearner
-from embeddings.collaborative import DEFAULT_FEED_BLEND, DEFAULT_MAX_ITEMS, FeedBlend
+from embeddings.collaborative import DEFAULT_FEED_BLEND, FeedBlend
 from embeddings.fusion import fuse_item, item_text
+from embeddings.itemstats import DeltaBatch, StatsRow, loads_deltas
 from embeddings.kg import HashedEntityEmbedding
-from embeddings.ranking import (
-    GatedScenes,
-    ItemIndex,
-    SceneModel,
-    Scored,
-    recommend_many,
-    to_payload,
-)
+from embeddings.model import SceneRecModel
+from embeddings.ranking import GLOBAL, GatedScenes, ItemIndex, SceneModel, Scored, to_payload
 from embeddings.scenes import SceneGates
 from embeddings.user_model import UserState, click_weight
 from embeddings.vectors import Matrix
 from streams import state as state_codec
 from streams.errors import BadEvent
+from streams.itemstats import ItemStatsStage, SharedStats, source_of
 from streams.metrics import WorkerMetrics
 from streams.records import (
     CatalogItem,
@@ -94,6 +90,26 @@ class Emitter(Protocol):
         """Return once everything emitted so far (and state changelog writes) is durable."""
 
 
+class StatsSink(Protocol):
+    """Where a batch's click deltas go: the item-stats stage (``streams/itemstats.py``)."""
+
+    async def send(self, deltas: DeltaBatch) -> None:
+        """Return once the deltas are durable: the users' states that count them are
+        written only then, so a replay that finds a click applied finds its deltas sent."""
+
+
+class LocalStats:
+    """The item-stats stage in this process (unit tests, the in-process evaluation): deltas
+    are applied at once, and the changed rows go straight into the ranking statistics."""
+
+    def __init__(self, shared: SharedStats, stage: ItemStatsStage) -> None:
+        self.shared, self.stage = shared, stage
+
+    async def send(self, deltas: DeltaBatch) -> None:
+        for key, row in self.stage.apply(deltas).items():
+            self.shared.receive(key, row)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     scenes: tuple[str, ...]
@@ -112,11 +128,13 @@ class PipelineConfig:
     #: The ranking blend (``FeedBlend`` JSON, ``make eval`` writes results/model.json);
     #: None = ``DEFAULT_FEED_BLEND``.
     model_path: str | None = None
-    #: Transitions and co-occurrence are kept up to this many catalog items (0: off).
-    collab_max_items: int = DEFAULT_MAX_ITEMS
     #: Threads that share the item product of a catalog over 4,096 items (bit for bit the
     #: same scores as one; ``ItemIndex.set_threads``).
     rank_threads: int = 1
+    #: Candidate sources per feed, and the catalog size up to which feeds score every item.
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    #: A scene feed the user's events did not change is ranked again after this many events.
+    refresh_events: int = 10
 
 
 @dataclass
@@ -128,8 +146,16 @@ class Pipeline:
     states: MutableMapping[str, bytes]
     emitter: Emitter
     metrics: WorkerMetrics
+    #: Where click deltas go (None: applied in this process, see :class:`LocalStats`).
+    stats_sink: StatsSink | None = None
+    #: The vector store's nearest-item search (None: an exact search over the index).
+    nearest: NearestItems | None = None
+    #: This worker's partitions of the shared item-stats table, which its ``items.deltas``
+    #: agent writes (None where no deltas arrive from Kafka).
+    stats_rows: MutableMapping[bytes, bytes] | None = None
     scene_model: SceneModel = field(init=False)
     kg: HashedEntityEmbedding = field(init=False)
+    stage: ItemStatsStage | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.scene_model = GatedScenes(SceneGates(self.index.dim))
@@ -158,19 +184,33 @@ class Pipeline:
                     f"{self.config.model_path}: a gate of shape {gate.shape},"
                     f" items of dimension {self.index.dim}"
                 )
-        self.index.set_half_life(self.blend.half_life_s)
         self.index.set_threads(self.config.rank_threads)
-        if self.config.collab_max_items > 0:
-            self.index.enable_collaborative(self.blend.collab, self.config.collab_max_items)
+        self.model = SceneRecModel(
+            self.index,
+            self.blend,
+            self.scene_model,
+            self.config.top_k,
+            self.config.candidates,
+            self.nearest,
+        )
+        self.shared = SharedStats(self.index, self.model.stats)
+        self.stage = None
+        if self.stats_rows is not None:
+            self.stage = ItemStatsStage(self.stats_rows, self.model.stats.stats)
+        if self.stats_sink is None:
+            stage = ItemStatsStage({}, self.model.stats.stats)
+            self.stats_sink = LocalStats(self.shared, stage)
         log.info(
             "ranking blend from %s: weights %s by tenure %s, %s, learned global gate: %s,"
-            " item-item counts up to %d items, %d thread(s) for the item product",
+            " every item scored up to %d items (candidates beyond: %s),"
+            " %d thread(s) for the item product",
             self.config.model_path or "the built-in default",
             self.blend.blend.weights,
             self.blend.blend.edges,
             self.blend.collab,
             "yes" if self.blend.global_gate is not None else "no",
-            self.config.collab_max_items,
+            self.config.candidates.exact_max_items,
+            self.config.candidates,
             self.config.rank_threads,
         )
         self.kg = HashedEntityEmbedding(self.index.dim)
@@ -263,8 +303,15 @@ class Pipeline:
         events: Sequence[tuple[Incoming, R]],
         user_of: Callable[[R], str],
         apply: Callable[[UserState, R, int], Awaitable[None] | None],
+        every_scene: bool = False,
+        deltas: DeltaBatch | None = None,
     ) -> None:
-        """Apply each event to its user's state (idempotent by event_id), then emit."""
+        """Apply each event to its user's state (idempotent by event_id), then emit.
+
+        ``every_scene``: the events change every one of the user's scene vectors (social),
+        not only the global vector and their own scene's. ``deltas``: what ``apply`` adds
+        for the item statistics, sent (and durable) before any state is written.
+        """
         changed: dict[str, Changed] = {}
         # Counted per batch, once per label set: a labels() lookup per event showed up in
         # the profile (bench/worker_profile.py), and the counts land once the batch is in.
@@ -272,8 +319,9 @@ class Pipeline:
         for i, (msg, event) in enumerate(events):
             user_id = user_of(event)
             scene = getattr(event, "scene", "")
-            if user_id in changed:
-                state, is_new = changed[user_id].state, changed[user_id].is_new
+            before = changed.get(user_id)
+            if before is not None:
+                state, is_new = before.state, before.is_new
             else:
                 raw = self.states.get(user_id)
                 is_new = raw is None
@@ -290,8 +338,16 @@ class Pipeline:
                 await self.dead_letter(msg, exc)
                 continue
             state.mark_applied(event_id)
-            changed[user_id] = Changed(state, event_id, msg.timestamp, is_new, topic)
+            c = Changed(state, event_id, msg.timestamp, is_new, topic)
+            if before is not None:
+                c.scenes, c.every_scene = before.scenes, before.every_scene
+            if scene:
+                c.scenes.add(scene)
+            c.every_scene |= every_scene
+            changed[user_id] = c
             outcomes[scene, "ok"] += 1
+        if deltas is not None:
+            await self._send_deltas(deltas)
         await self._commit_users(changed)
         for (scene, outcome), n in outcomes.items():
             self.metrics.events.labels(topic, scene, outcome).inc(n)
@@ -299,6 +355,7 @@ class Pipeline:
     async def _commit_users(self, changed: dict[str, Changed]) -> None:
         if not changed:
             return
+        requests = [(c.state, self._feeds(c)) for c in changed.values()]
         for user_id, c in changed.items():
             self.states[user_id] = state_codec.dumps(c.state)
         points = [
@@ -309,8 +366,9 @@ class Pipeline:
         if points:
             with self._timed_store("upsert_users"):
                 self.store.upsert_users(points)
-        # Every changed user's lists in one scoring pass (one matrix product per batch).
-        all_recs = self._rank([c.state for c in changed.values()])
+        # Every changed feed of every user in one pass (one item product per batch).
+        all_recs = self.model.rank(requests)
+        self.metrics.feeds_ranked.inc(sum(len(feeds) for _, feeds in requests))
         for (user_id, c), recs in zip(changed.items(), all_recs, strict=True):
             await self.emitter.recommendations(user_id, self._payload(user_id, c.trigger, recs))
             self.metrics.recommendations.inc()
@@ -323,16 +381,28 @@ class Pipeline:
                         waited
                     )
 
-    def _rank(self, states: Sequence[UserState]) -> list[dict[str, list[Scored]]]:
-        """Every feed of each of ``states``, ranked with the blend while the item-item
-        counts exist; without them (a catalog over SCENEREC_COLLAB_MAX_ITEMS, or the counts
-        turned off) the blend's weights, tuned with those terms, do not apply, and the
-        lists are ``log pop_now + SIM_WEIGHT (u ⊙ s) · i`` (popularity + text in the
-        harness's ablation)."""
-        k = self.config.top_k
-        if self.index.collab is None:
-            return recommend_many(states, self.index, self.scene_model, k)
-        return recommend_blended(states, self.index, self.scene_model, k, self.blend)
+    def _feeds(self, c: Changed) -> list[Feed]:
+        """The feeds a user's events changed, marked as ranked in the state.
+
+        Always the global feed and the events' own scenes; every scene after a social event
+        (it moves every scene vector); and a scene feed last ranked ``refresh_events`` of the
+        user's events ago or more: the other scenes borrow from the global vector, which
+        each event moves a little, so their feeds are refreshed now and then, not each time.
+        """
+        state = c.state
+        feeds: list[Feed] = [None]
+        for scene in state.active_scenes:
+            last = state.ranked_at.get(scene)
+            if (
+                c.every_scene
+                or scene in c.scenes
+                or last is None
+                or state.n_events - last >= self.config.refresh_events
+            ):
+                feeds.append(scene)
+        for feed in feeds:
+            state.ranked_at[feed or GLOBAL] = state.n_events
+        return feeds
 
     def _payload(
         self, user_id: str, trigger: str | None, recs: dict[str, list[Scored]]
@@ -346,12 +416,12 @@ class Pipeline:
         }
 
     def recommend_now(self, user_id: str) -> dict[str, object] | None:
-        """On-demand recommendations for a known user (the pull API's fallback), else None."""
+        """Every feed of a known user, computed now (the pull API's fallback), else None."""
         raw = self.states.get(user_id)
         if raw is None:
             return None
         state = state_codec.loads(raw)
-        recs = self._rank([state])[0]
+        recs = self.model.rank([(state, [None, *state.active_scenes])])[0]
         return self._payload(user_id, state.last_event_id, recs)
 
     async def forget(self, user_ids: Sequence[str]) -> None:
@@ -370,32 +440,48 @@ class Pipeline:
     async def on_clicks(self, batch: Sequence[Incoming]) -> None:
         events = await self._parse(batch, ClickEvent)
         await self._wait_for_items({e.item_id for _, e in events})
+        deltas = DeltaBatch()
 
-        def apply(state: UserState, e: ClickEvent, _: int) -> None:
+        def apply(state: UserState, e: ClickEvent, i: int) -> None:
             vec = self.index.vector(e.item_id)
             if vec is None:
                 raise BadEvent("unknown_item", f"item {e.item_id!r} is not in the catalog")
             # Item statistics first: transitions and co-occurrence count this click with
             # what the user had before it.
-            self.index.record_click(e.item_id, e.ts, state)
+            msg = events[i][0]
+            source = source_of("events.click", msg.partition)
+            self.model.click_deltas(deltas, state, e.item_id, e.ts, source, msg.offset)
             state.apply_item(e.item_id, vec, e.scene, click_weight(e.dwell_ms))
 
-        await self._apply_per_user("events.click", events, lambda e: e.user_id, apply)
+        await self._apply_per_user(
+            "events.click", events, lambda e: e.user_id, apply, deltas=deltas
+        )
 
     async def on_comments(self, batch: Sequence[Incoming]) -> None:
         events = await self._parse(batch, CommentEvent)
         await self._wait_for_items({e.item_id for _, e in events})
         texts = await self._encode([e.text for _, e in events]) if events else None
+        deltas = DeltaBatch()
 
         def apply(state: UserState, e: CommentEvent, i: int) -> None:
             vec = self.index.vector(e.item_id)
             if vec is None:
                 raise BadEvent("unknown_item", f"item {e.item_id!r} is not in the catalog")
             assert texts is not None
-            self.index.record_click(e.item_id, e.ts, state)
+            msg = events[i][0]
+            source = source_of("events.comment", msg.partition)
+            self.model.click_deltas(deltas, state, e.item_id, e.ts, source, msg.offset)
             state.apply_comment(e.item_id, vec, texts[i], e.scene)
 
-        await self._apply_per_user("events.comment", events, lambda e: e.user_id, apply)
+        await self._apply_per_user(
+            "events.comment", events, lambda e: e.user_id, apply, deltas=deltas
+        )
+
+    async def _send_deltas(self, deltas: DeltaBatch) -> None:
+        if len(deltas):
+            assert self.stats_sink is not None
+            await self.stats_sink.send(deltas)
+            self.metrics.item_deltas.inc(len(deltas))
 
     async def on_social(self, batch: Sequence[Incoming]) -> None:
         events = await self._parse(batch, SocialEvent)
@@ -407,7 +493,9 @@ class Pipeline:
                 raise BadEvent("self_reference", "a user cannot follow or like themselves")
             state.apply_social(e.kind, e.target_user_id, targets.get(e.target_user_id))
 
-        await self._apply_per_user("events.social", events, lambda e: e.user_id, apply)
+        await self._apply_per_user(
+            "events.social", events, lambda e: e.user_id, apply, every_scene=True
+        )
 
     async def on_profiles(self, batch: Sequence[Incoming]) -> None:
         # A tombstone (null value under a user's key) on this compacted topic asks to
@@ -425,6 +513,23 @@ class Pipeline:
 
         # A profile has no event_id: the message position identifies it.
         await self._apply_per_user("users.profiles", events, lambda e: e.user_id, apply)
+
+    async def on_item_deltas(self, batch: Sequence[Incoming]) -> None:
+        """Click deltas of every worker, for the rows of this worker's partitions."""
+        assert self.stage is not None, "a worker that consumes items.deltas has a stage"
+        deltas = DeltaBatch()
+        for msg in batch:
+            try:
+                deltas.extend(loads_deltas(msg.value or b""))
+            except ValueError as exc:
+                await self.dead_letter(msg, BadEvent("bad_item_deltas", str(exc)))
+        changed = self.stage.apply(deltas)
+        self.metrics.item_rows_applied.inc(len(changed))
+
+    def receive_stats(self, key: int, row: StatsRow) -> None:
+        """A row of the shared item statistics, as every worker reads it back."""
+        self.shared.receive(key, row)
+        self.metrics.item_rows_received.inc()
 
     async def on_catalog(self, batch: Sequence[Incoming]) -> None:
         # Busy for the whole batch (encoding 500 items takes seconds on a CPU) and a while after.
@@ -444,13 +549,13 @@ class Pipeline:
         for (_, e), text_vec in zip(events, text_vecs, strict=True):
             kg_vec = self.kg.embed((r.relation, r.target) for r in e.relations)
             vec = fuse_item(np.asarray(text_vec, dtype=np.float32), kg_vec)
-            known = e.item_id in self.index
-            pop = self.index.popularity(e.item_id) if known else 0.0
             facts = tuple(f"{r.relation} {r.target}" for r in e.relations)
-            self.index.upsert(e.item_id, vec, e.scenes, e.title, pop, facts)
-            points.append(ItemPoint(e.item_id, vec, tuple(e.scenes), e.title, pop, facts))
+            self.index.upsert(e.item_id, vec, e.scenes, e.title, facts)
+            points.append(ItemPoint(e.item_id, vec, tuple(e.scenes), e.title, 0.0, facts))
         with self._timed_store("upsert_items"):
             self.store.upsert_items(points)
+        if self.shared.pending:  # statistics that named items not indexed until now
+            self.shared.retry()
         self.metrics.events.labels("catalog.items", "", "ok").inc(len(points))
         self.metrics.items_indexed.set(len(self.index))
 
@@ -468,6 +573,9 @@ class Changed:
     published_at: float | None
     is_new: bool
     topic: str
+    #: The scenes of the batch's events for this user; ``every_scene``: all changed.
+    scenes: set[str] = field(default_factory=set)
+    every_scene: bool = False
 
 
 def _scenes_of(event: BaseModel) -> list[str]:

@@ -20,6 +20,8 @@ from aiokafka.errors import ConsumerStoppedError
 from faust.web import Request, Response, View
 from mode import Service
 
+from embeddings.blended import CandidateConfig
+from embeddings.itemstats import DeltaBatch, SparseRow, dumps_deltas
 from embeddings.ranking import ItemIndex
 from scenerec.diskcheck import check_writable
 from scenerec.kafka import consumer, ensure_topics
@@ -30,14 +32,19 @@ from streams.app import (
     STREAM_TOPICS,
     app,
     dlq_topic,
+    item_deltas_topic,
+    item_stats_table,
     metrics,
     recommendations_topic,
     settings,
     users_table,
 )
 from streams.catalog_reader import CatalogReader
+from streams.itemstats import Partitioner, split_by_partition
+from streams.nearest import StoreNearest
 from streams.pipeline import Pipeline, PipelineConfig
 from streams.records import DeadLetter
+from streams.stats_reader import StatsReader
 from streams.topics import CATALOG
 from streams.transport import flush_producer
 from vectorstore import open_store
@@ -73,8 +80,14 @@ def pipeline_config() -> PipelineConfig:
         max_future_s=settings.max_future_s,
         colearn_path=str(settings.colearn_path) if settings.colearn_path else None,
         model_path=str(settings.model_path) if settings.model_path else None,
-        collab_max_items=settings.collab_max_items,
         rank_threads=settings.ranking_threads,
+        candidates=CandidateConfig(
+            neighbours=settings.candidates_neighbours,
+            nearest=settings.candidates_nearest,
+            popular=settings.candidates_popular,
+            exact_max_items=settings.exact_max_items,
+        ),
+        refresh_events=settings.feed_refresh_events,
     )
 
 
@@ -120,12 +133,24 @@ class FaustEmitter:
         )
 
 
+class FaustStatsSink:
+    """Click deltas to ``items.deltas``: one message per partition, sent to the partition
+    of the items it names (the item-stats table's own partitioning), and flushed before
+    the pipeline writes the states that count them (``StatsSink.send``)."""
+
+    def __init__(self, partitions: int) -> None:
+        self._partition_of = Partitioner(partitions)
+
+    async def send(self, deltas: DeltaBatch) -> None:
+        for partition, part in split_by_partition(deltas, self._partition_of).items():
+            await item_deltas_topic.send(value=dumps_deltas(part), partition=partition)
+        await flush_producer(app.producer)
+
+
 def load_index(store: VectorStore, dim: int) -> ItemIndex:
     index = ItemIndex(dim)
     for item in store.iter_items():
-        index.upsert(
-            item.item_id, item.vector, item.scenes, item.title, item.popularity, item.facts
-        )
+        index.upsert(item.item_id, item.vector, item.scenes, item.title, item.facts)
     return index
 
 
@@ -151,6 +176,7 @@ class Runtime(Service):
     _store: VectorStore | None = None
     _encoder: EncoderClient | None = None
     _catalog: AIOKafkaConsumer | None = None
+    _stats: AIOKafkaConsumer | None = None
 
     async def on_start(self) -> None:
         # Fail at start, with the reason, when the data folder cannot be written (read-only
@@ -184,6 +210,9 @@ class Runtime(Service):
                 states=TableStates(users_table),
                 emitter=FaustEmitter(),
                 metrics=metrics,
+                stats_sink=FaustStatsSink(settings.partitions),
+                nearest=StoreNearest(self._store, index),
+                stats_rows=item_stats_table,
             )
         )
         tune_gc(settings.gc_freeze, settings.gc_threshold0)
@@ -206,7 +235,22 @@ class Runtime(Service):
         with contextlib.suppress(ConsumerStoppedError):
             await reader.run()
 
+    @Service.task
+    async def _read_item_stats(self) -> None:
+        await _ready.wait()
+        self._stats = consumer(
+            settings, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+        )
+        await self._stats.start()
+        reader = StatsReader(
+            self._stats, item_stats_table.changelog_topic.get_topic_name(), pipeline
+        )
+        with contextlib.suppress(ConsumerStoppedError):
+            await reader.run()
+
     async def on_stop(self) -> None:
+        if self._stats is not None:
+            await self._stats.stop()
         if self._catalog is not None:
             await self._catalog.stop()
         if self._encoder is not None:
@@ -240,6 +284,37 @@ class RecommendView(View):
         if payload is None:
             return self.json({"error": f"unknown user {user_id!r}"}, status=404)
         return self.json(payload)
+
+
+@app.page("/items/{item_id}/stats")
+class ItemStatsView(View):
+    """What this worker's ranking knows of one item from the shared item statistics."""
+
+    async def get(self, request: Request, item_id: str) -> Response:
+        if _pipeline is None:
+            return self.json({"error": "worker not ready"}, status=503)
+        index, stats = _pipeline.index, _pipeline.model.stats
+        row = index.row_of(item_id)
+        if row is None:
+            return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+        trans, cooc = stats.neighbours(row)
+
+        def named(part: SparseRow | None) -> dict[str, float]:
+            if part is None:
+                return {}
+            rows, weights = part.items()
+            return {index.item_at(int(r)): float(w) for r, w in zip(rows, weights, strict=True)}
+
+        return self.json(
+            {
+                "item_id": item_id,
+                "clicks_now": stats.popularity(row),
+                "users": stats.users(row),
+                "transitions": named(trans),
+                "cooccurrence": named(cooc),
+                "rows_waiting_for_items": _pipeline.shared.pending,
+            }
+        )
 
 
 @app.page("/users/{user_id}/state")

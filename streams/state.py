@@ -50,6 +50,7 @@ def dumps(state: UserState) -> bytes:
             "applied": list(state.applied),
             "following": list(state.following),
             "last_event_id": state.last_event_id,
+            "ranked_at": state.ranked_at,
         }
     )
     return _MAGIC + _LEN.pack(len(header)) + header + b"".join(blobs)
@@ -77,4 +78,5 @@ def loads(raw: bytes) -> UserState:
         following=dict.fromkeys(header["following"]),
         pulled_by=pulled_by,
         last_event_id=header["last_event_id"],
+        ranked_at=dict(header.get("ranked_at", {})),
     )

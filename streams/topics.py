@@ -21,6 +21,9 @@ PROFILES = TopicSpec("users.profiles", "user_id", compacted=True)
 # erases a user's older lists.
 RECOMMENDATIONS = TopicSpec("recommendations", "user_id", compacted=True)
 DLQ = TopicSpec("events.dlq", "user_id")
+# Click deltas re-keyed by item (``streams/itemstats.py``): one message per partition per
+# batch, sent to the partition of the items it names.
+ITEM_DELTAS = TopicSpec("items.deltas", "item key")
 
 INPUT_TOPICS = (CLICKS, COMMENTS, SOCIAL, CATALOG, PROFILES)
-ALL_TOPICS = (*INPUT_TOPICS, RECOMMENDATIONS, DLQ)
+ALL_TOPICS = (*INPUT_TOPICS, RECOMMENDATIONS, DLQ, ITEM_DELTAS)

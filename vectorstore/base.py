@@ -301,6 +301,17 @@ class VectorStore(ABC):
         ``scene`` keeps only items whose ``scenes`` contain it; ``exclude`` drops these item ids.
         """
 
+    def search_many(
+        self, queries: Sequence[npt.ArrayLike], k: int, scenes: Sequence[str | None]
+    ) -> list[list[Hit]]:
+        """:meth:`search_items` for each query in its scene (None: any), best first each.
+
+        Backends that can plan a batch of queries as one override this.
+        """
+        if len(queries) != len(scenes):
+            raise ValueError(f"{len(queries)} queries but {len(scenes)} scenes")
+        return [self.search_items(q, k, scene) for q, scene in zip(queries, scenes, strict=True)]
+
     @abstractmethod
     def delete_user(self, user_id: str) -> None:
         """Delete a user; a missing user is not an error."""

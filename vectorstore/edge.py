@@ -398,10 +398,32 @@ class EdgeVectorStore(VectorStore):
         exclude: Collection[str] = (),
     ) -> list[Hit]:
         shard = self._shard(ITEMS)
+        if k <= 0:
+            self._check_dim(as_vector(query, "query"), ITEMS, ITEM_VECTOR, "query")
+            return []
+        request = self._request(query, k, scene, exclude)
+        with _edge_errors("search items", self._path(ITEMS)):
+            points = shard.query(request)
+        return [Hit.from_stored(p.payload, p.score) for p in points]
+
+    def search_many(
+        self, queries: Sequence[npt.ArrayLike], k: int, scenes: Sequence[str | None]
+    ) -> list[list[Hit]]:
+        if len(queries) != len(scenes):
+            raise ValueError(f"{len(queries)} queries but {len(scenes)} scenes")
+        shard = self._shard(ITEMS)
+        requests = [self._request(q, k, s, ()) for q, s in zip(queries, scenes, strict=True)]
+        if k <= 0 or not requests:
+            return [[] for _ in requests]
+        with _edge_errors("search items", self._path(ITEMS)):
+            results = shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[Hit.from_stored(p.payload, p.score) for p in points] for points in results]
+
+    def _request(
+        self, query: npt.ArrayLike, k: int, scene: str | None, exclude: Collection[str]
+    ) -> qe.QueryRequest:
         vec = as_vector(query, "query")
         self._check_dim(vec, ITEMS, ITEM_VECTOR, "query")
-        if k <= 0:
-            return []
         must: list[qe.ConditionType] = []
         must_not: list[qe.ConditionType] = []
         if scene is not None:
@@ -409,19 +431,13 @@ class EdgeVectorStore(VectorStore):
         if exclude:
             must_not.append(qe.HasIdCondition({point_id(iid) for iid in exclude}))
         flt = qe.Filter(must=must or None, must_not=must_not or None) if must or must_not else None
-        request = qe.QueryRequest(
+        return qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(vec.tolist()),
             filter=flt,
             with_payload=True,
             params=self._search_params,
         )
-        with _edge_errors("search items", self._path(ITEMS)):
-            points = shard.query(request)
-        hits: list[Hit] = []
-        for p in points:
-            hits.append(Hit.from_stored(p.payload, p.score))
-        return hits
 
     def count(self, collection: CollectionName) -> int:
         check_collection(collection)

@@ -101,7 +101,7 @@ def _qdrant(stack: ExitStack, env: dict[str, str], docker: bool) -> None:
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     from deploy.ray_serve import start_serve, stop_serve
-    from deploy.stack import api_overrides, encoder_config
+    from deploy.stack import api_overrides, encoder_config, ray_head
     from deploy.worker import start_worker, stop_worker
 
     var = tmp_path_factory.mktemp("var")
@@ -112,6 +112,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         "SCENEREC_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:6]}.",
         "SCENEREC_SERVE_PORT": str(free_port()),
         "SCENEREC_RAY_METRICS_PORT": str(free_port()),
+        # A Ray head of this test session's own: other stacks on the machine keep theirs.
+        "SCENEREC_RAY_PORT": str(free_port()),
+        "SCENEREC_RAY_TEMP_DIR": f"/tmp/scenerec-ray-{uuid.uuid4().hex[:8]}",
         "SCENEREC_WORKER_WEB_PORT": str(free_port()),
         "SCENEREC_UNKNOWN_ITEM_WAIT_S": "5",
         "SCENEREC_ENCODER_TORCH_THREADS": "1",
@@ -121,13 +124,15 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         _qdrant(stack, env, docker=mode == "testcontainers")
         settings = Settings(**_settings_kwargs(env))
         asyncio.run(ensure_topics(settings))
+        head = ray_head(settings)
         start_serve(
             encoder_config(settings),
             http_port=settings.serve_port,
             api_overrides=api_overrides(settings),
             metrics_port=settings.ray_metrics_port,
+            head=head,
         )
-        stack.callback(stop_serve)
+        stack.callback(stop_serve, head)
         start_worker(var, settings.worker_web_port, env=env)
         stack.callback(stop_worker, var)
         yield Services(settings=settings, env=env, mode=mode, broker=broker)

@@ -19,9 +19,11 @@ import urllib.request
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from deploy.ports import free_port
 from deploy.worker import start_worker, stop_worker
 from scenerec.kafka import assigned_partitions, client_kwargs, consumer
 from tests.integration.conftest import Bus, Services, click, get_json, uid, wait_for
@@ -244,3 +246,184 @@ def test_too_little_free_space_fails_at_start(services: Services) -> None:
     # folder with less free space than SCENEREC_MIN_FREE_MB.
     proc = start_worker_with(services, SCENEREC_MIN_FREE_MB=str(10**12))
     assert proc.returncode != 0 and "MiB free" in proc.stderr
+
+
+# --- the shared item statistics: every click counted once, whatever happens --------------
+
+
+async def own_items(services: Services, bus: Bus, n: int) -> list[str]:
+    """``n`` new catalog items only this test clicks (their rows are this test's alone)."""
+    tag = uuid.uuid4().hex[:6]
+    items = [f"x{tag}-{j}" for j in range(n)]
+    for j, item in enumerate(items):
+        record = {"item_id": item, "scenes": ["drama"], "title": f"Fault item {j}"}
+        await bus.send("catalog.items", item, {**record, "description": f"number {j}"})
+    await wait_for(
+        lambda: all(get_json(f"{services.worker_url}/items/{i}/stats")[0] == 200 for i in items),
+        timeout_s=60,
+    )
+    return items
+
+
+async def stream_own(
+    bus: Bus,
+    items: list[str],
+    users: list[str],
+    n: int,
+    sent: dict[str, int],
+    history: dict[str, list[tuple[str, float]]],
+    on_sent: Any = None,
+) -> None:
+    """``n`` clicks round-robin over ``users``, each walking ``items`` in short runs."""
+    for k in range(n):
+        user = users[k % len(users)]
+        done = len(history.setdefault(user, []))
+        item = items[(done * 3 + k // len(users) + hash(user) % 5) % len(items)]
+        ts = 880_000_000.0 + 60.0 * k
+        event = {**click(user, item, "drama"), "ts": ts}
+        await bus.send("events.click", user, event)
+        history[user].append((item, ts))
+        sent[user] = sent.get(user, 0) + 1
+        if on_sent is not None:
+            await on_sent(k + 1)
+        await asyncio.sleep(0.01)
+
+
+def clean_rows(items: list[str], history: dict[str, list[tuple[str, float]]]) -> dict[int, Any]:
+    """The rows a clean run of the same clicks gives: each user's clicks in order, through
+    the worker's own counting code, applied once each."""
+    from embeddings.collaborative import DEFAULT_FEED_BLEND
+    from embeddings.itemstats import START, DeltaBatch
+    from embeddings.model import SceneRecModel
+    from embeddings.ranking import GatedScenes, ItemIndex
+    from embeddings.scenes import SceneGates
+    from embeddings.user_model import UserState
+    from streams.itemstats import ItemStatsStage
+
+    index = ItemIndex(4)
+    zero = np.zeros(4, np.float32)
+    for item in items:
+        index.upsert(item, zero, ["drama"], item)
+    model = SceneRecModel(index, DEFAULT_FEED_BLEND, GatedScenes(SceneGates(4)), 10)
+    deltas = DeltaBatch()
+    for clicks in history.values():
+        state = UserState()
+        for item, ts in clicks:
+            model.click_deltas(deltas, state, item, ts)
+            state.apply_item(item, zero, "drama")
+    changed = ItemStatsStage({}, model.stats.stats).apply(deltas)
+    return {key: row for key, row in changed.items() if key != START}
+
+
+async def changelog_rows(services: Services, keys: set[int]) -> dict[int, Any]:
+    """The latest item-stats row of each of ``keys``, as the table's changelog holds it."""
+    from embeddings.itemstats import loads_row
+    from streams.itemstats import key_of
+
+    topic = f"{services.settings.app_id}-item-stats-changelog"
+    cons = consumer(services.settings, auto_offset_reset="earliest")
+    await cons.start()
+    rows: dict[int, Any] = {}
+    try:
+        tps = await assigned_partitions(cons, topic)
+        end = await cons.end_offsets(tps)
+        while any([await cons.position(tp) < end[tp] for tp in tps]):
+            for records in (await cons.getmany(timeout_ms=500)).values():
+                for r in records:
+                    if r.key is not None and r.value is not None and key_of(r.key) in keys:
+                        rows[key_of(r.key)] = loads_row(r.value)
+    finally:
+        await cons.stop()
+    return rows
+
+
+def row_differences(want: Any, got: Any) -> list[str]:
+    problems = []
+    if got is None:
+        return ["no row"]
+    if not np.isclose(want.log_pop, got.log_pop, rtol=1e-12):
+        problems.append(f"clicks: log {got.log_pop} != {want.log_pop}")
+    for name in ("count", "first_click"):
+        if getattr(want, name) != getattr(got, name):
+            problems.append(f"{name}: {getattr(got, name)} != {getattr(want, name)}")
+    for name in ("trans", "cooc"):
+        a = dict(zip(*[x.tolist() for x in getattr(want, name).items()], strict=True))
+        b = dict(zip(*[x.tolist() for x in getattr(got, name).items()], strict=True))
+        if a.keys() != b.keys() or any(not np.isclose(a[t], b[t]) for t in a):
+            problems.append(f"{name}: {b} != {a}")
+    return problems
+
+
+async def check_shared_counts(
+    services: Services, items: list[str], history: dict[str, list[tuple[str, float]]]
+) -> None:
+    """The shared rows of the test's items equal a clean run's: nothing counted twice or
+    lost (the stage writes within its batch window, so this waits for it to settle)."""
+    want = clean_rows(items, history)
+    assert want, "the test's clicks produced no item statistics"
+    diffs: dict[int, list[str]] = {}
+    for _ in range(60):
+        got = await changelog_rows(services, set(want))
+        diffs = {k: d for k, w in want.items() if (d := row_differences(w, got.get(k)))}
+        if not diffs:
+            break
+        await asyncio.sleep(1.0)
+    assert not diffs, f"{len(diffs)} of {len(want)} shared rows differ from a clean run: {diffs}"
+    # The worker ranks with them: its view of an item agrees with the table.
+    status, view = get_json(f"{services.worker_url}/items/{items[0]}/stats")
+    assert status == 200 and view["users"] > 0
+
+
+async def test_kill_9_mid_stream_counts_each_click_once_in_the_shared_item_stats(
+    services: Services, bus: Bus
+) -> None:
+    var = services.settings.var_dir
+    items = await own_items(services, bus, 20)
+    users = [uid() for _ in range(USERS)]
+    sent: dict[str, int] = {}
+    history: dict[str, list[tuple[str, float]]] = {}
+    producer = asyncio.create_task(stream_own(bus, items, users, 240, sent, history))
+    await wait_for(lambda: sum(sent.values()) >= 90, timeout_s=60)
+    stop_worker(var, sig=signal.SIGKILL)  # deltas in flight, batches unacked
+    await producer
+    await asyncio.to_thread(
+        start_worker, var, services.settings.worker_web_port, services.env, 180.0
+    )
+    await wait_applied(services, sent, 120)
+    check_exactly_once(services, sent)
+    await check_shared_counts(services, items, history)
+
+
+async def test_rebalances_count_each_click_once_in_the_shared_item_stats(
+    services: Services, bus: Bus, tmp_path: Any
+) -> None:
+    """A second worker joins mid-stream (partitions move to it, table partitions too),
+    then is killed (they move back): the shared counts are a clean run's."""
+    second_var = tmp_path / "second"
+    second_port = free_port()
+    env = {
+        **services.env,
+        "SCENEREC_VAR_DIR": str(second_var),
+        "SCENEREC_WORKER_WEB_PORT": str(second_port),
+    }
+    items = await own_items(services, bus, 20)
+    users = [uid() for _ in range(USERS)]
+    sent: dict[str, int] = {}
+    history: dict[str, list[tuple[str, float]]] = {}
+    started = asyncio.Event()
+
+    async def on_sent(k: int) -> None:
+        if k == 80:
+            await asyncio.to_thread(start_worker, second_var, second_port, env, 180.0)
+            started.set()
+        if k == 200:
+            stop_worker(second_var, sig=signal.SIGKILL)
+
+    try:
+        await stream_own(bus, items, users, 300, sent, history, on_sent)
+    finally:
+        stop_worker(second_var, sig=signal.SIGKILL)
+    assert started.is_set()
+    await wait_applied(services, sent, 180)
+    check_exactly_once(services, sent)
+    await check_shared_counts(services, items, history)

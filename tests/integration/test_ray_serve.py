@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from deploy.ports import free_port
-from deploy.ray_serve import ray_head_running, start_serve, stop_serve
+from deploy.ray_serve import RayHead, start_serve, stop_serve
 from embeddings.encoder import SentenceEncoder
 from serving.client import EncoderClient, EncoderError
 from serving.encoder_app import EncoderAppConfig
@@ -21,17 +23,17 @@ TEXTS = [f"{TOPICS[i % 5]} number {i}: " + "very " * (i % 9) + "good" for i in r
 
 
 @pytest.fixture(scope="module")
-def encoder_url() -> Iterator[str]:
-    if ray_head_running():
-        # stop_serve() runs `ray stop --force`, which would kill someone else's cluster.
-        pytest.skip("a Ray head is already running for this user; not touching it")
+def encoder_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # A head of this module's own, so no other head on the machine is reused or stopped.
+    head = RayHead(free_port(), Path(f"/tmp/scenerec-ray-{uuid.uuid4().hex[:8]}"))
     try:
         yield start_serve(
             EncoderAppConfig(max_batch_size=16, batch_wait_timeout_s=0.01, torch_threads=2),
             http_port=free_port(),
+            head=head,
         )
     finally:
-        stop_serve()
+        stop_serve(head)
 
 
 async def test_concurrent_requests_match_bare_model(encoder_url: str) -> None:

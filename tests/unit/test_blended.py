@@ -17,8 +17,7 @@ import numpy as np
 import orjson
 import pytest
 
-from embeddings.collaborative import DEFAULT_FEED_BLEND, DEFAULT_MAX_ITEMS, FeedBlend
-from embeddings.ranking import ItemIndex
+from embeddings.collaborative import DEFAULT_FEED_BLEND, FeedBlend
 from evaluation.data import Catalog, Event, Item
 from evaluation.scenerec_model import SceneRec, SceneRecConfig
 from streams.pipeline import Incoming, Pipeline, PipelineConfig
@@ -81,14 +80,11 @@ def _clicks(items: list[dict[str, object]]) -> list[dict[str, object]]:
     return out
 
 
-def _pipeline(
-    tmp_path: Path, name: str, model_path: Path | None, collab_max_items: int = DEFAULT_MAX_ITEMS
-) -> Pipeline:
+def _pipeline(tmp_path: Path, name: str, model_path: Path | None) -> Pipeline:
     config = PipelineConfig(
         scenes=SCENES,
         unknown_item_wait_s=0.0,
         model_path=None if model_path is None else str(model_path),
-        collab_max_items=collab_max_items,
     )
     return local_pipeline(tmp_path / name, config, HashEncoder(), Collect())
 
@@ -157,22 +153,12 @@ async def test_worker_global_feed_is_the_harness_top_10(tmp_path: Path) -> None:
     pipe.store.close()
 
 
-def test_collaborative_counts_stop_past_their_item_limit() -> None:
-    index = ItemIndex(4)
-    index.enable_collaborative(DEFAULT_FEED_BLEND.collab, max_items=3)
-    for j in range(3):
-        index.upsert(f"i{j}", np.eye(4, dtype=np.float32)[j], ["a"], f"t{j}")
-    assert index.collab is not None and index.collab.n_items >= 3
-    index.upsert("i3", np.eye(4, dtype=np.float32)[3], ["a"], "t3")
-    assert index.collab is None  # the 4th item: off, with a warning, ranking goes on
-    assert DEFAULT_MAX_ITEMS >= 1682
-
-
 @pytest.mark.parametrize("n", [1, 5, 70])
-def test_grown_counts_keep_what_they_had(n: int) -> None:
+def test_grown_statistics_keep_what_they_had(n: int) -> None:
     from embeddings.collaborative import Collaborative
 
-    small, big = Collaborative(n), Collaborative(n + 30)
+    small, big = Collaborative(), Collaborative()
+    big.grow(n + 30)
     rng = np.random.default_rng(n)
     for t in range(200):
         hist = [int(x) for x in rng.integers(0, n, size=int(rng.integers(0, 4)))]
@@ -181,35 +167,36 @@ def test_grown_counts_keep_what_they_had(n: int) -> None:
             c.observe(hist, sorted(set(hist)), row, T0 + t)
     small.grow(n + 30)
     hist = [int(x) for x in rng.integers(0, n, size=3)]
-    assert np.array_equal(small.transition_feature(hist), big.transition_feature(hist))
-    assert np.array_equal(small.transition_feature([]), big.transition_feature([]))
-    assert np.array_equal(small.cooccurrence_feature(hist), big.cooccurrence_feature(hist))
+    for feature in ("transition_feature", "cooccurrence_feature"):
+        for h in (hist, []):
+            a, b = getattr(small, feature)(h, n + 30), getattr(big, feature)(h, n + 30)
+            assert np.array_equal(a, b)
+    assert np.array_equal(small.log_popularity()[: n + 30], big.log_popularity()[: n + 30])
 
 
 def test_reasons_name_the_click_a_recommendation_follows_from() -> None:
     from embeddings.blend import TenureBlend
-    from embeddings.blended import recommend_blended
-    from embeddings.ranking import GatedScenes
+    from embeddings.model import SceneRecModel
+    from embeddings.ranking import GatedScenes, ItemIndex
     from embeddings.scenes import SceneGates
     from embeddings.user_model import UserState
 
     index = ItemIndex(4)
     blend = FeedBlend(TenureBlend.uniform((1.0, 8.0, 0.0, 0.0, 0.0)))  # transitions lead
-    index.enable_collaborative(blend.collab)
     for j, title in enumerate(["Alpha", "Beta", "Gamma", "Delta"]):
         index.upsert(f"i{j}", np.eye(4, dtype=np.float32)[j], ["a"], title)
+    model = SceneRecModel(index, blend, GatedScenes(SceneGates(4)), 2)
     ts = T0
     for _ in range(5):  # everyone starts with Alpha, then goes on to Gamma
         state = UserState()
         for item in ("i0", "i2"):
-            index.record_click(item, ts, state)
+            model.learn_click(state, item, ts)
             state.apply_item(item, index.vector(item), "a")  # type: ignore[arg-type]
             ts += 60.0
     fan = UserState()
-    index.record_click("i0", ts, fan)
+    model.learn_click(fan, "i0", ts)
     fan.apply_item("i0", index.vector("i0"), "a")  # type: ignore[arg-type]
-    model = GatedScenes(SceneGates(4))
-    newcomer, known = recommend_blended([UserState(), fan], index, model, 2, blend)
+    newcomer, known = model.rank([(UserState(), [None]), (fan, [None])])
     assert newcomer["global"][0].item_id == "i0"
     assert "what new users have been starting with" in newcomer["global"][0].reason
     assert known["global"][0].item_id == "i2"  # Alpha itself is seen: left out
@@ -244,34 +231,11 @@ def test_leading_terms_at_once_match_one_at_a_time(has_vector: bool) -> None:
 
 
 @pytest.mark.parametrize("m", [1, 2, 7, 1682, 1683])
-def test_row_medians_are_the_one_row_median(m: int) -> None:
-    from embeddings.ranking import _median, medians
+def test_row_medians_are_numpys_median(m: int) -> None:
+    from embeddings.ranking import medians
 
     rng = np.random.default_rng(m)
     x = np.round(rng.normal(size=(4, m)), 1)  # rounded: equal values in the middle too
-    assert medians(x).tolist() == [_median(row) for row in x]
+    assert medians(x).tolist() == [float(np.median(row)) for row in x]
     x = rng.normal(size=(100, m))  # distinct values: the lower half is not in order
     assert medians(x).tolist() == [float(np.median(row)) for row in x]
-
-
-async def test_without_item_item_counts_the_worker_ranks_by_popularity_and_similarity(
-    tmp_path: Path,
-) -> None:
-    from embeddings.ranking import recommend_many
-    from streams import state as state_codec
-
-    items = _items()
-    clicks = _clicks(items)[:120]
-    pipe = _pipeline(tmp_path, "plain", None, collab_max_items=0)
-    await pipe.on_catalog(_messages("catalog.items", items, 0))
-    await pipe.on_clicks(_messages("events.click", clicks, 0))
-    assert pipe.index.collab is None
-    user = str(clicks[-1]["user_id"])
-    payload = pipe.recommend_now(user)
-    assert payload is not None
-    state = state_codec.loads(pipe.states[user])
-    plain = recommend_many([state], pipe.index, pipe.scene_model, 10)[0]
-    scenes = payload["scenes"]
-    assert isinstance(scenes, dict)
-    assert [r["item_id"] for r in scenes["global"]] == [s.item_id for s in plain["global"]]
-    pipe.store.close()

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from embeddings.blend import TenureBlend, tenure_bucket, top_k
-from embeddings.cooccurrence import CoOccurrence
+from embeddings.collaborative import CollabConfig, Collaborative
 from embeddings.popularity import DecayedPopularity
-from embeddings.transitions import TransitionCounts
 from evaluation import per_scene
 from evaluation.baselines import DAY_S, ItemKNN, MostPopular, RecentPopular
 from evaluation.cli import main
@@ -142,25 +141,28 @@ def test_decayed_popularity_halves_every_half_life() -> None:
 
 
 def test_transitions_credit_recent_items_and_start_row() -> None:
-    tr = TransitionCounts(4, window=2, step_decay=0.5, start_half_life_s=None)
-    tr.add([], 0, 0.0)
-    tr.add([0, 1, 2], 3, 1.0)  # credited to 2 (weight 1) and 1 (0.5), not 0 (out of window)
-    assert tr.scores([]).tolist() == [1.0, 0.0, 0.0, 0.0]
-    assert tr.scores([2], recent=1)[3] == pytest.approx(1.0)
-    assert tr.scores([1], recent=1)[3] == pytest.approx(0.5)
-    assert tr.scores([0], recent=1)[3] == 0.0
+    stats = Collaborative(CollabConfig(window=2, step_decay=0.5, recent=1))
+    stats.observe([], None, 0, 0.0)
+    stats.observe([0, 1, 2], None, 3, 1.0)  # credited to 2 (weight 1) and 1 (0.5), not 0
+    assert np.expm1(stats.transition_feature([], 4)).tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert np.expm1(stats.transition_feature([2], 4))[3] == pytest.approx(1.0)
+    assert np.expm1(stats.transition_feature([1], 4))[3] == pytest.approx(0.5)
+    assert stats.transition_feature([0], 4)[3] == 0.0
 
 
 def test_cooccurrence_is_item_item_cosine_over_the_history() -> None:
-    co = CoOccurrence(3)
-    co.add([], 0)
-    co.add([0], 1)  # one user: 0 then 1
-    co.add([], 0)
-    co.add([0], 2)  # another: 0 then 2
+    stats = Collaborative()
+    stats.observe([], [], 0, 0.0)
+    stats.observe([0], [0], 1, 1.0)  # one user: 0 then 1
+    stats.observe([], [], 0, 2.0)
+    stats.observe([0], [0], 2, 3.0)  # another: 0 then 2
     # cos(0, 1) = 1 / sqrt(2 * 1): item 0 has two users, item 1 one, sharing one.
-    assert co.scores([0]).tolist() == pytest.approx([0.0, 1 / math.sqrt(2), 1 / math.sqrt(2)])
-    assert co.scores([1, 2])[0] == pytest.approx(2 / math.sqrt(2) / math.sqrt(2))
-    assert not co.scores([]).any()
+    mass = np.expm1(stats.cooccurrence_feature([0], 3))
+    assert mass.tolist() == pytest.approx([0.0, 1 / math.sqrt(2), 1 / math.sqrt(2)])
+    assert np.expm1(stats.cooccurrence_feature([1, 2], 3))[0] == pytest.approx(
+        2 / math.sqrt(2) / math.sqrt(2)
+    )
+    assert not stats.cooccurrence_feature([], 3).any()
 
 
 def test_tenure_blend_and_top_k_tie_order() -> None:

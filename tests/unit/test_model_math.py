@@ -6,12 +6,14 @@ import numpy as np
 
 from embeddings import user_model
 from embeddings.colearn import CoLearnConfig, CoLearner, SceneRelations
+from embeddings.collaborative import Collaborative
 from embeddings.kg import HashedEntityEmbedding
-from embeddings.ranking import ItemIndex, fact_label, recommend
+from embeddings.ranking import ItemIndex, fact_label
 from embeddings.scenes import SceneGates
 from embeddings.user_model import APPLIED_EVENTS, SCENE_PRIOR, UserState
 from embeddings.vectors import move_toward, normalize
 from streams import state as codec
+from tests.unit.ranking_world import POP_AND_SIM, click, ranker, recommend
 
 DIM = 8
 
@@ -93,10 +95,11 @@ def test_ranking_filters_seen_and_scene_and_explains() -> None:
 
 def test_cold_user_without_vector_gets_popular_items() -> None:
     idx = index_with()
+    stats = Collaborative()
     for _ in range(3):
-        idx.count_click("i5")
+        click(stats, idx, "i5")
     s = UserState()
-    recs = recommend(s, idx, SceneGates(DIM), k=2)
+    recs = recommend(s, idx, SceneGates(DIM), k=2, stats=stats)
     assert recs["global"][0].item_id == "i5" and "popular" in recs["global"][0].reason
 
 
@@ -138,26 +141,29 @@ def test_popular_now_lifts_items_and_the_reason_says_so() -> None:
     idx = index_with()
     s = UserState()
     s.apply_item("i0", unit(0), "a")
+    stats = Collaborative()
     for _ in range(3):
-        idx.count_click("i3", ts=100.0)
-    recs = recommend(s, idx, SceneGates(DIM), k=3)
+        click(stats, idx, "i3", ts=100.0)
+    recs = recommend(s, idx, SceneGates(DIM), k=3, stats=stats)
     first = recs["global"][0]
     assert first.item_id == "i3" and first.reason.startswith("popular now")
 
 
 def test_old_clicks_count_less_than_recent_ones() -> None:
     idx = index_with()
-    idx.count_click("i1", ts=0.0)
-    idx.count_click("i1", ts=0.0)
-    idx.count_click("i2", ts=30 * 86_400.0)  # a month later, after four half-lives
-    assert idx.popularity("i2") > idx.popularity("i1")
-    ranked = idx.rank(None, k=2)
-    assert [r.item_id for r in ranked] == ["i2", "i1"]
+    stats = Collaborative(half_life_s=POP_AND_SIM.half_life_s)
+    click(stats, idx, "i1", ts=0.0)
+    click(stats, idx, "i1", ts=0.0)
+    click(stats, idx, "i2", ts=30 * 86_400.0)  # a month later, after four half-lives
+    assert stats.popularity(2) > stats.popularity(1)
+    ranked = ranker(idx, SceneGates(DIM), stats=stats, k=2).rank([(UserState(), [None])])
+    assert [r.item_id for r in ranked[0]["global"]] == ["i2", "i1"]
 
 
 def test_equal_scores_rank_in_a_stable_order() -> None:
     idx = index_with()
-    assert [r.item_id for r in idx.rank(None, k=6)] == [f"i{i}" for i in range(6)]
+    ranked = ranker(idx, SceneGates(DIM), k=6).rank([(UserState(), [None])])
+    assert [r.item_id for r in ranked[0]["global"]] == [f"i{i}" for i in range(6)]
 
 
 def test_reason_names_the_followed_user_whose_taste_lifted_the_item() -> None:
