@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.samples import Sample
 from tqdm import tqdm
 
 from bench.stack import CLICK_TOPIC, Worker, events_counted, metric_families, percentiles
@@ -97,6 +99,12 @@ async def kafka_ceiling(
 # --- sources -----------------------------------------------------------------------------------
 
 
+class EventSource(Protocol):
+    """A stream of events to offer: ``(topic, event)``, the event keyed by its ``user_id``."""
+
+    def next_event(self, phase: str) -> tuple[str, dict[str, Any]]: ...
+
+
 class ClickSource:
     """ml-100k clicks in time order, cycled; every published click gets a fresh event id."""
 
@@ -109,6 +117,51 @@ class ClickSource:
         base = self._clicks[self._i % len(self._clicks)]
         self._i += 1
         return {**base, "event_id": f"{self._tag}-{phase}-{self._i}"}
+
+    def next_event(self, phase: str) -> tuple[str, dict[str, Any]]:
+        return CLICK_TOPIC, self.next(phase)
+
+
+async def paced(
+    prod: AIOKafkaProducer,
+    settings: Settings,
+    source: EventSource,
+    rate: float,
+    seconds: float,
+    phase: str,
+    on_send: Callable[[str, dict[str, Any], float], None] | None = None,
+    hold: Callable[[], bool] | None = None,
+) -> dict[str, float]:
+    """Offer ``source``'s events at ``rate``/s for ``seconds`` (open loop: the schedule does
+    not wait for the worker); ``on_send(topic, event, time)`` is told of each one first.
+
+    ``hold()`` true pauses the schedule (a bounded backlog); the events not sent meanwhile
+    are skipped, not sent in a burst afterwards.
+    """
+    topics = {t: settings.topic(t) for t in (CLICK_TOPIC, "events.comment", "events.social")}
+    sent = 0
+    t0 = time.monotonic()
+    due = 0.0
+    while due < seconds:
+        if hold is not None and hold():
+            await asyncio.sleep(0.05)
+            due = max(due, time.monotonic() - t0)
+            continue
+        topic, event = source.next_event(phase)
+        now = time.monotonic()
+        if on_send is not None:
+            on_send(topic, event, now)
+        full = topics.get(topic) or settings.topic(topic)
+        await prod.send(full, key=str(event["user_id"]).encode(), value=orjson.dumps(event))
+        sent += 1
+        due += 1.0 / rate
+        ahead = due - (time.monotonic() - t0)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+        elif sent % 256 == 0:  # behind schedule: still let the loop's other tasks run
+            await asyncio.sleep(0)
+    offered_s = time.monotonic() - t0
+    return {"events": float(sent), "seconds": offered_s, "achieved_rate": sent / offered_s}
 
 
 async def publish(
@@ -209,15 +262,19 @@ async def throughput(
     }
 
 
+#: The metric families :func:`shape_of` reads.
+SHAPE_FAMILIES = ("scenerec_batch_events", "scenerec_recommendations", "scenerec_gc_pause_seconds")
+
+
 async def batch_shape(worker: Worker) -> dict[str, float]:
     """Click batches handled, the events in them, recommendation lists emitted and seconds
     spent in garbage collection, so far."""
-    batch, recs, gc_pauses = (
-        "scenerec_batch_events",
-        "scenerec_recommendations",
-        "scenerec_gc_pause_seconds",
-    )
-    families = await metric_families(worker, batch, recs, gc_pauses)
+    return shape_of(await metric_families(worker, *SHAPE_FAMILIES))
+
+
+def shape_of(families: dict[str, list[Sample]]) -> dict[str, float]:
+    """:func:`batch_shape` from families already read (they hold :data:`SHAPE_FAMILIES`)."""
+    batch, recs, gc_pauses = SHAPE_FAMILIES
     hist = {
         s.name: float(s.value)
         for s in families[batch]
@@ -256,15 +313,20 @@ async def drain(worker: Worker, target: float, timeout_s: float = 300.0) -> floa
 class RecWatcher:
     """Reads the recommendations topic from its end and matches lists to published events.
 
-    Rule: a user's published events wait in publish order. A message for that user whose
-    ``trigger_event_id`` is one of them reflects that event and every earlier pending
-    event of the same user (the worker applies a user's events of one batch together and
-    names only the last); each gets latency = arrival of that message - its publish time.
+    Rule: a user's published events wait in publish order, one queue per stream (input
+    topic). A message for that user whose ``trigger_event_id`` is one of them reflects that
+    event and every earlier pending event of the same user and stream (the worker applies a
+    user's events of one batch together and names only the last; the topics are handled
+    by separate agents, so a list after a click says nothing of an earlier comment); each
+    gets latency = arrival of that message - its publish time.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.pending: dict[str, deque[tuple[str, float]]] = defaultdict(deque)
+        #: (user, stream) -> that user's events of that stream not yet reflected
+        self.pending: dict[tuple[str, str], deque[tuple[str, float]]] = defaultdict(deque)
+        #: event id -> its stream, for the events still pending
+        self._stream_of: dict[str, str] = {}
         #: (publish time, latency in ms) of every reflected event
         self.samples: list[tuple[float, float]] = []
         self.first_seen: dict[str, float] = {}
@@ -291,8 +353,9 @@ class RecWatcher:
         if self._cons is not None:
             await self._cons.stop()
 
-    def expect(self, user_id: str, event_id: str, published_at: float) -> None:
-        self.pending[user_id].append((event_id, published_at))
+    def expect(self, user_id: str, event_id: str, published_at: float, stream: str = "") -> None:
+        self.pending[user_id, stream].append((event_id, published_at))
+        self._stream_of[event_id] = stream
 
     @property
     def latencies_ms(self) -> list[float]:
@@ -315,37 +378,43 @@ class RecWatcher:
 
     def _on_message(self, user_id: str, trigger: object, arrived: float) -> None:
         self.first_seen.setdefault(user_id, arrived)
-        queue = self.pending.get(user_id)
+        stream = self._stream_of.get(trigger) if isinstance(trigger, str) else None
+        queue = None if stream is None else self.pending.get((user_id, stream))
         if not queue or not any(eid == trigger for eid, _ in queue):
             return
         while queue:
             eid, published_at = queue.popleft()
+            self._stream_of.pop(eid, None)
             self.samples.append((published_at, (arrived - published_at) * 1000))
             if eid == trigger:
                 break
 
+    def percentiles(self, wanted: Sequence[int]) -> dict[str, float | None]:
+        """Latency percentiles over every expected event: one never reflected counts as
+        slower than all (its percentile is None, not the best of those that came back)."""
+        return percentiles(self.latencies_ms + [math.inf] * self.unreflected(), wanted)
+
 
 async def latency_at(
-    settings: Settings, source: ClickSource, rate: int, seconds: float, grace_s: float
+    settings: Settings, source: EventSource, rate: int, seconds: float, grace_s: float
 ) -> dict[str, Any]:
-    """Clicks at ``rate``/s for ``seconds``; publish -> first list reflecting each."""
+    """Events at ``rate``/s for ``seconds``; publish -> first list reflecting each.
+
+    An event not reflected within ``grace_s`` after the last one was sent counts as slower
+    than every reflected one in the percentiles (see :meth:`RecWatcher.percentiles`).
+    """
     watcher = RecWatcher(settings)
     await watcher.start()
     prod = producer(settings)
     await prod.start()
-    topic = settings.topic(CLICK_TOPIC)
-    n = int(rate * seconds)
+
+    def expect(topic: str, event: dict[str, Any], now: float) -> None:
+        watcher.expect(event["user_id"], event["event_id"], now, topic)
+
     try:
         t0 = time.monotonic()
-        for i in range(n):
-            click = source.next(f"lat{rate}")
-            now = time.monotonic()
-            watcher.expect(click["user_id"], click["event_id"], now)
-            await prod.send(topic, key=click["user_id"].encode(), value=orjson.dumps(click))
-            ahead = (i + 1) / rate - (time.monotonic() - t0)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-        offered_s = time.monotonic() - t0
+        sent = await paced(prod, settings, source, rate, seconds, f"lat{rate}", expect)
+        n, offered_s = int(sent["events"]), sent["seconds"]
         await prod.flush()
         deadline = time.monotonic() + grace_s
         while watcher.unreflected() and time.monotonic() < deadline:
@@ -360,7 +429,7 @@ async def latency_at(
         sec = int(published_at - t0)
         by_second[sec] = max(by_second.get(sec, 0.0), lat)
     return {
-        **percentiles(watcher.latencies_ms, (50, 95, 99)),
+        **watcher.percentiles((50, 95, 99)),
         "max_ms_by_second": [round(by_second.get(i, 0.0)) for i in range(int(seconds))],
         "events": n,
         "reflected": len(watcher.latencies_ms),

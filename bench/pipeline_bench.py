@@ -21,6 +21,12 @@ demo is never touched and phases do not see each other's state. Measured, in ord
    Ray Serve and cached (bench/encoder_cache.py);
 5. ``scale_out``: two workers, four partitions, then the same with a ``kill -9``;
 6. ``push``: 1,000 feed streams on one pull API replica (bench/push_bench.py).
+7. ``many_users`` (bench/many_users.py): issue 20's workload (bench/workload.py: 10,000
+   users, Zipf(1.1) items, 90/7/3% clicks/comments/social) per catalog of
+   ``--mu-catalog-sizes`` on one worker: sustained throughput with its lag trend, lists
+   ranked per click, latency at 1,000 events/s, new users, worker RSS, indexing time;
+   ``many_users_2_workers`` the same on two workers and four partitions. These rows are
+   ``many_users``; the rows above are the ml-100k-in-time-order workload.
 
 ``--profile-seconds N`` records the worker with py-spy during each throughput window and the
 highest fixed-rate latency run, and
@@ -39,7 +45,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -47,8 +52,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import load, profiling, push_bench, scale_out
-from bench.catalog import synthetic_items
+from bench import load, many_users, profiling, push_bench, scale_out
+from bench.lanes import CatalogOptions, start_catalog_lane
 from bench.stack import (
     BenchStack,
     Lane,
@@ -61,6 +66,7 @@ from bench.stack import (
     machine,
     wait_indexed,
 )
+from bench.sustained import SearchOptions
 from scenerec.config import PROJECT_ROOT, Settings
 from scenerec.datasets import Dataset, load_ml100k
 
@@ -76,6 +82,8 @@ PHASES = (
     "memory",
     "scale_out",
     "push",
+    "many_users",
+    "many_users_2_workers",
 )
 ML100K = 1682
 
@@ -111,6 +119,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SCENEREC_X=V",
         help="a setting for every worker (repeatable), e.g. SCENEREC_BATCH_WITHIN_S=0.01",
     )
+    mu = p.add_argument_group("many users (issue 20)")
+    mu.add_argument("--mu-catalog-sizes", default="1682,100000,1000000", help="catalogs")
+    mu.add_argument("--mu-2-workers-catalog", type=int, default=100_000, help="catalog, 2 workers")
+    mu.add_argument("--mu-users", type=int, default=10_000, help="users with a profile (N)")
+    mu.add_argument("--mu-seed", type=int, default=20, help="the workload's seed")
+    mu.add_argument("--mu-seconds", type=float, default=60.0, help="window per offered rate")
+    mu.add_argument("--mu-warmup-seconds", type=float, default=10.0, help="before each window")
+    mu.add_argument("--mu-probe-seconds", type=float, default=20.0, help="flat-out probe window")
+    mu.add_argument("--mu-tries", type=int, default=3, help="offered rates tried after the probe")
+    mu.add_argument("--mu-latency-rate", type=int, default=1000, help="offered events/s")
+    mu.add_argument("--mu-latency-seconds", type=float, default=20.0, help="latency run")
+    mu.add_argument("--mu-new-users-per-s", type=float, default=100.0, help="new users a second")
+    mu.add_argument("--mu-new-user-seconds", type=float, default=20.0, help="new-user run")
+    mu.add_argument("--mu-click-delay", type=float, default=0.5, help="profile -> first click (s)")
+    mu.add_argument(
+        "--synthetic-vectors-from",
+        type=int,
+        default=1_000_000,
+        help="catalogs this large get synthetic vectors, not Ray Serve's (0: never)",
+    )
+    mu.add_argument(
+        "--index-timeout", type=float, default=1800.0, help="seconds a worker may index"
+    )
+    mu.add_argument(
+        "--max-worker-rss-mb",
+        type=float,
+        default=10_240.0,
+        help="a worker indexing past this RSS fails its catalog (protects the machine)",
+    )
     p.add_argument("--cache-dir", type=Path, default=Path("results/cache"))
     p.add_argument("--profile-seconds", type=float, default=0.0, help="py-spy per window (0: off)")
     p.add_argument("--profile-dir", type=Path, default=Path("results/profile"))
@@ -131,8 +168,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     try:
         args.rate_list = [int(r) for r in args.rates.split(",") if r.strip()]
         args.catalogs = [int(c) for c in args.catalog_sizes.split(",") if c.strip()]
+        args.mu_catalogs = [int(c) for c in args.mu_catalog_sizes.split(",") if c.strip()]
     except ValueError:
-        p.error("--rates and --catalog-sizes take comma-separated integers")
+        p.error("--rates, --catalog-sizes and --mu-catalog-sizes take comma-separated integers")
     return args
 
 
@@ -245,52 +283,35 @@ class Run:
     def windows(self) -> tuple[float, float]:
         return self.args.warmup_seconds, self.args.seconds
 
+    def catalog_options(self) -> CatalogOptions:
+        return CatalogOptions(
+            cache_dir=self.args.cache_dir,
+            synthetic_vectors_from=self.args.synthetic_vectors_from,
+            index_timeout_s=self.args.index_timeout,
+            max_rss_mb=self.args.max_worker_rss_mb,
+        )
+
     def big_catalog_lane(self, n: int) -> tuple[Lane, Worker]:
         """A worker with ``n`` items: ml-100k's and synthetic ones, vectors from the cache."""
-        from bench import encoder_cache
-
-        items = synthetic_items(n, self.data)
-        texts = encoder_cache.catalog_texts(items)
-        url = self.stack.settings.encoder_base_url
-        path = encoder_cache.cache_path(self.args.cache_dir, texts, url)
-        cached = encoder_cache.load(path)
-        if cached is None:
-            log.info("encoding %d catalog texts through Ray Serve (cached in %s)", n, path)
-            meta = asyncio.run(encoder_cache.fill(path, texts, url))
-            cached = encoder_cache.load(path)
-            assert cached is not None
-            when = "this run"
-        else:
-            meta = cached[1]
-            when = f"a previous run ({meta.get('encoded_at')}), read from {path}"
-        log.info("encoding %d texts took %.0fs (%s)", n, meta["encode_seconds"], when)
-        proxy = encoder_cache.CachingEncoderProxy(cached[0], url)
-        proxy.start()
-        self.proxies.append(proxy)
-        lane = self.stack.lane(f"c{n}", SCENEREC_ENCODER_URL=proxy.url)
-        worker = lane.start_worker("worker")
-        t = asyncio.run(load.publish_catalog(lane.settings, items, f"catalog {n}"))
-        index_s = asyncio.run(wait_indexed(worker, n, 3600))
-        self.result.setdefault("catalog_detail", {})[str(n)] = {
-            "items": n,
-            "synthetic_items": n - len(self.data.items),
-            "encode_seconds": meta["encode_seconds"],
-            "encode_texts_per_s": meta["texts_per_s"],
-            "encoded_in": when,
-            "publish_seconds": round(t, 1),
-            "index_seconds": round(index_s, 1),
-            "proxy_hits": proxy.hits,
-            "proxy_misses": proxy.misses,
-        }
+        cl = start_catalog_lane(
+            self.stack, self.data, n, f"c{n}", self.catalog_options(), proxies=self.proxies
+        )
+        d = cl.detail
+        self.result.setdefault("catalog_detail", {})[str(n)] = d
+        vectors = (
+            f"were encoded through the Ray Serve encoder in {d['encode_seconds']:.0f}s "
+            f"({d['encode_texts_per_s']:.0f} texts/s, {d['encoded_in']})"
+            if "encode_seconds" in d
+            else f"got {d['vectors']}"
+        )
         self.note(
             f"catalog {n}: labelled synthetic: the {len(self.data.items)} ml-100k items plus "
             f"{n - len(self.data.items)} items from templates (bench/catalog.py); their texts "
-            f"were encoded through the Ray Serve encoder in {meta['encode_seconds']:.0f}s "
-            f"({meta['texts_per_s']:.0f} texts/s, {when}); the worker then indexed them "
-            f"(parse, KG embedding, fusion, index, vector store) in {index_s:.0f}s, its "
-            "encoder calls answered from that cache by a local proxy"
+            f"{vectors}; the worker then indexed them "
+            f"(parse, KG embedding, fusion, index, vector store) in {d['index_seconds']:.0f}s, "
+            "its encoder calls answered from that cache by a local proxy"
         )
-        return lane, worker
+        return cl.lane, cl.workers[0]
 
     def latency(self) -> None:
         lane, worker = self.main_lane()
@@ -397,6 +418,56 @@ class Run:
             "worker at 40% of the stream (see bench/scale_out.py)"
         )
 
+    def many_users_options(self) -> many_users.ManyUsersOptions:
+        a = self.args
+        return many_users.ManyUsersOptions(
+            users=a.mu_users,
+            seed=a.mu_seed,
+            search=SearchOptions(
+                warmup_s=a.mu_warmup_seconds,
+                window_s=a.mu_seconds,
+                probe_s=a.mu_probe_seconds,
+                tries=a.mu_tries,
+            ),
+            latency_rate=a.mu_latency_rate,
+            latency_seconds=a.mu_latency_seconds,
+            new_users_per_s=a.mu_new_users_per_s,
+            new_user_seconds=a.mu_new_user_seconds,
+            click_delay_s=a.mu_click_delay,
+            profile_seconds=a.profile_seconds,
+            profile_dir=a.profile_dir,
+        )
+
+    def many_users(self, key: str, catalogs: Sequence[int], workers: int) -> None:
+        opts = self.many_users_options()
+        for n in catalogs:
+            log.info("many users, catalog %d, %d worker(s)", n, workers)
+            try:
+                row, detail = many_users.run_catalog(
+                    self.stack, self.data, n, workers, self.catalog_options(), opts, self.proxies
+                )
+            except Exception as exc:  # one catalog's failure keeps the others' results
+                log.exception("many users, catalog %d, %d worker(s) failed", n, workers)
+                row, detail = {"error": f"{type(exc).__name__}: {exc}"}, {}
+            profile = detail.pop("profile", None)
+            if profile is not None:
+                self.record_profile(f"many-users-{n}", profile)
+            self.result.setdefault(key, {})[str(n)] = row
+            self.result.setdefault(f"{key}_detail", {})[str(n)] = detail
+            log.info("many users, catalog %d, %d worker(s): %s", n, workers, row)
+        self.note(
+            f"{key}: bench/many_users.py; {opts.users} users with a profile each, events from "
+            "users drawn uniformly, items Zipf(1.1) over the catalog, 90% clicks / 7% "
+            "comments / 3% social (bench/workload.py, seed "
+            f"{opts.seed}); events_per_s is the highest offered rate at which the lag "
+            f"(published - processed) did not grow over {opts.search.window_s:.0f}s (slope "
+            "<= 2% of the rate), or, with sustained false, the best processed rate and its lag "
+            "slope; lists_per_click = recommendation lists / events applied (all kinds) in "
+            f"that window; latency at {opts.latency_rate} events/s offered for "
+            f"{opts.latency_seconds:.0f}s, an event never answered counting as slowest; "
+            "worker_rss_mb = the worker's peak VmRSS (VmHWM; with 2 workers the larger)"
+        )
+
     def profile_later(
         self, worker: Worker, name: str, delay: float | None = None
     ) -> Callable[[], None] | None:
@@ -409,34 +480,22 @@ class Run:
         out = self.args.profile_dir / f"{name}.raw"
         if delay is None:
             delay = self.args.warmup_seconds + max(0.0, (self.args.seconds - seconds) / 2)
-        started: dict[str, Any] = {}
-
-        def start() -> None:
-            time.sleep(delay)
-            started["proc"] = profiling.record(worker.pid, seconds, out)
-
-        thread = threading.Thread(target=start, daemon=True)
-        thread.start()
+        wait = profiling.profile_later(
+            worker.pid, out, seconds, delay, f"{name}: py-spy, {seconds:.0f}s under load"
+        )
 
         def finish() -> None:
-            thread.join()
-            proc = started.get("proc")
-            if proc is None or proc.wait(timeout=seconds + 60) != 0 or not out.is_file():
-                err = proc.stderr.read().decode() if proc is not None and proc.stderr else ""
-                self.note(f"profile {name}: py-spy failed: {err[-300:]}")
-                return
-            summary = profiling.summarize(profiling.read_collapsed(out), seconds)
-            text = profiling.text_report(summary, f"{name}: py-spy, {seconds:.0f}s under load")
-            out.with_suffix(".txt").write_text(text)
-            out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            self.result.setdefault("profiles", {})[name] = {
-                "raw": str(out),
-                "summary": str(out.with_suffix(".txt")),
-                "buckets": summary["buckets"],
-            }
-            log.info("profile %s:\n%s", name, text)
+            self.record_profile(name, wait())
 
         return finish
+
+    def record_profile(self, name: str, got: dict[str, Any]) -> None:
+        if "error" in got:
+            self.note(f"profile {name}: {got['error']}")
+            return
+        text = got.pop("text")
+        self.result.setdefault("profiles", {})[name] = got
+        log.info("profile %s:\n%s", name, text)
 
     def execute(self, serve_url: Callable[[], str]) -> None:
         if self.wants("ceiling"):
@@ -462,6 +521,10 @@ class Run:
             self.scale_out()
         if self.wants("push"):  # feed streams under load (bench/push_bench.py)
             self.result["push"] = push_bench.measure(self.stack, self.data)
+        if self.wants("many_users"):
+            self.many_users("many_users", self.args.mu_catalogs, 1)
+        if self.wants("many_users_2_workers"):
+            self.many_users("many_users_2_workers", [self.args.mu_2_workers_catalog], 2)
 
 
 #: Worker histograms read around each latency run: what the worker saw of the tail.
@@ -506,7 +569,9 @@ def table(result: dict[str, Any]) -> str:
     if "kafka_ceiling_events_per_s" in result:
         rows.append(("kafka ceiling (events/s)", f(result["kafka_ceiling_events_per_s"])))
     for cat, v in result.get("throughput_events_per_s", {}).items():
-        rows.append((f"throughput, catalog {cat} (events/s)", f(v)))
+        per = result.get("throughput_detail", {}).get(cat, {}).get("lists_per_event")
+        lists = "" if per is None else f" ({per:.3f} lists/click)"
+        rows.append((f"throughput, catalog {cat}, ml-100k in time order (events/s)", f(v) + lists))
         ratio = result.get("throughput_ratio", {}).get(cat)
         rows.append((f"throughput ratio, catalog {cat}", "-" if ratio is None else f"{ratio:.4f}"))
     for rate, p in result.get("latency_ms", {}).items():
@@ -523,6 +588,7 @@ def table(result: dict[str, Any]) -> str:
         rows.append((f"scale-out {k}", f(v)))
     if "push" in result:
         rows.append(("push p50 / p99, lost, duplicated", push_bench.summary(result["push"])))
+    rows.extend(many_users.table_rows(result))
     width = max((len(k) for k, _ in rows), default=10)
     return "\n".join(f"{k:<{width}}  {v:>26}" for k, v in rows)
 

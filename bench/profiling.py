@@ -23,8 +23,10 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,8 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("faust/mode/asyncio (agents, streams, event loop)", ("faust/", "mode/", "asyncio/")),
 )
 OTHER = "other"
+#: Waits for a recording started by :func:`profile_later` and returns what it found.
+Finisher = Callable[[], dict[str, Any]]
 
 
 def record(
@@ -93,6 +97,40 @@ def record(
         "--nonblocking",  # never pause the worker: samples may be torn, timings are not
     ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def profile_later(pid: int, out: Path, seconds: float, delay: float, title: str) -> Finisher:
+    """Record ``pid`` with py-spy for ``seconds``, ``delay`` seconds from now (a thread
+    waits); the returned finisher waits for it, writes ``out`` with ``.txt`` and
+    ``.summary.json`` beside it, and returns ``{"raw", "summary", "buckets", "text"}``, or
+    ``{"error": ...}`` when py-spy failed."""
+    started: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start() -> None:
+        time.sleep(delay)
+        started["proc"] = record(pid, seconds, out)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+
+    def finish() -> dict[str, Any]:
+        thread.join()
+        proc = started.get("proc")
+        if proc is None or proc.wait(timeout=seconds + 60) != 0 or not out.is_file():
+            err = proc.stderr.read().decode() if proc is not None and proc.stderr else ""
+            return {"error": f"py-spy failed: {err[-300:]}"}
+        summary = summarize(read_collapsed(out), seconds)
+        text = text_report(summary, title)
+        out.with_suffix(".txt").write_text(text)
+        out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return {
+            "raw": str(out),
+            "summary": str(out.with_suffix(".txt")),
+            "buckets": summary["buckets"],
+            "text": text,
+        }
+
+    return finish
 
 
 def read_collapsed(path: Path) -> list[tuple[list[str], int]]:

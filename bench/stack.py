@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import platform
 import signal
@@ -66,9 +67,10 @@ def percentiles(values: Sequence[float], wanted: Sequence[int]) -> dict[str, flo
     ordered = sorted(values)
     out: dict[str, float | None] = {}
     for p in wanted:
-        # nearest-rank percentile
+        # nearest-rank percentile; an infinite value (an event never answered) is None
         rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.4999)))
-        out[f"p{p}"] = round(ordered[rank - 1], 1)
+        value = ordered[rank - 1]
+        out[f"p{p}"] = round(value, 1) if math.isfinite(value) else None
     return out
 
 
@@ -120,11 +122,11 @@ class Worker:
             return state != "Z"
         return True
 
-    def rss_mb(self) -> float | None:
-        """Resident memory of the worker process (VmRSS), in MiB."""
+    def rss_mb(self, field: str = "VmRSS") -> float | None:
+        """Resident memory of the worker process (``VmRSS``; ``VmHWM``: its peak), in MiB."""
         with contextlib.suppress(OSError, ValueError, IndexError):
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
         return None
 
@@ -234,12 +236,24 @@ class BenchStack:
 # --- reading a worker -----------------------------------------------------------------------
 
 
+#: How long a live worker may take to answer ``/metrics``: its event loop answers between
+#: batches, and one batch of 500 new users on a 100,000-item catalog took over 5 s.
+METRICS_PATIENCE_S = 120.0
+
+
 async def metric_families(worker: Worker, *names: str) -> dict[str, list[Sample]]:
-    """The samples of each named metric family, from one read of the worker's ``/metrics``."""
+    """The samples of each named metric family, from one read of the worker's ``/metrics``
+    (retried while the worker lives and is busy, for up to :data:`METRICS_PATIENCE_S`)."""
     url = f"{worker.url}/metrics"
-    status, body = await asyncio.to_thread(http_get, url)
-    if status != 200:
-        raise RuntimeError(f"GET {url} answered {status}")
+    t0 = time.monotonic()
+    while True:
+        status, body = await asyncio.to_thread(http_get, url, 30.0)
+        if status == 200:
+            break
+        if status != 0 or not worker.alive() or time.monotonic() - t0 > METRICS_PATIENCE_S:
+            alive = "alive" if worker.alive() else f"exited; log tail:\n{worker.log_tail()}"
+            raise RuntimeError(f"GET {url} answered {status} (worker {worker.name} {alive})")
+        await asyncio.sleep(1.0)
     out: dict[str, list[Sample]] = {name: [] for name in names}
     for family in text_string_to_metric_families(body.decode()):
         if family.name in out:
@@ -263,6 +277,16 @@ async def events_counted(worker: Worker, topic: str = CLICK_TOPIC, outcome: str 
     )
 
 
+async def event_counts(worker: Worker) -> dict[tuple[str, str], float]:
+    """``scenerec_events_total`` by (topic, outcome), summed over scenes, from one read."""
+    out: dict[tuple[str, str], float] = {}
+    for sample in await metric_samples(worker, "scenerec_events"):
+        if sample.name == "scenerec_events_total":
+            key = (sample.labels.get("topic", ""), sample.labels.get("outcome", ""))
+            out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
+
+
 async def histogram_totals(worker: Worker, family_name: str) -> dict[str, float]:
     """One histogram of the worker summed over its labels: ``count``, ``sum`` and the
     cumulative count per bucket bound (``le_<bound>``), to diff two readings."""
@@ -278,23 +302,60 @@ async def histogram_totals(worker: Worker, family_name: str) -> dict[str, float]
     return out
 
 
-async def wait_indexed(worker: Worker, n_items: int, timeout_s: float) -> float:
-    """Seconds until the worker's ``/ready`` reports ``n_items`` items (fails fast if it died)."""
+class IndexingFailed(RuntimeError):
+    """A worker did not index its catalog: it died, ran out of time or grew too large."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        #: Per worker, ``(seconds, items, RSS MiB)`` while it indexed (:func:`wait_indexed`).
+        self.trace: dict[str, list[tuple[float, int, float | None]]] = {}
+
+
+async def wait_indexed(
+    worker: Worker,
+    n_items: int,
+    timeout_s: float,
+    max_rss_mb: float | None = None,
+    trace: list[tuple[float, int, float | None]] | None = None,
+) -> float:
+    """Seconds until the worker's ``/ready`` reports ``n_items`` items.
+
+    Raises :class:`IndexingFailed` (with the items done, the rate and the worker's memory)
+    when the worker dies, ``timeout_s`` runs out or its RSS passes ``max_rss_mb``; appends
+    ``(seconds, items, RSS MiB)`` to ``trace`` every few seconds.
+    """
     url = f"{worker.url}/ready"
     t0 = time.monotonic()
-    last = -1
+    last, last_trace = -1, -math.inf
+
+    def failed(why: str) -> IndexingFailed:
+        took = time.monotonic() - t0
+        rate = max(last, 0) / took if took > 0 else 0.0
+        eta = f", {n_items / rate:.0f}s for all at that rate" if rate > 0 else ""
+        rss = worker.rss_mb()
+        return IndexingFailed(
+            f"worker {worker.name}: {why}: {max(last, 0)} of {n_items} items indexed in "
+            f"{took:.0f}s ({rate:.0f} items/s{eta}), worker RSS "
+            f"{'unknown' if rss is None else f'{rss:.0f} MiB'}"
+        )
+
     while time.monotonic() - t0 < timeout_s:
         if not worker.alive():
-            raise RuntimeError(f"worker {worker.name} exited; log tail:\n{worker.log_tail()}")
+            raise failed(f"the worker exited; log tail:\n{worker.log_tail()}\n")
         status, body = await asyncio.to_thread(http_get, url)
         if status == 200:
             last = int(orjson.loads(body).get("items", 0))
             if last >= n_items:
                 return time.monotonic() - t0
+        rss = worker.rss_mb()
+        if max_rss_mb is not None and rss is not None and rss > max_rss_mb:
+            raise failed(f"its RSS passed the limit of {max_rss_mb:.0f} MiB")
+        now = time.monotonic() - t0
+        if trace is not None and now - last_trace >= 5.0:
+            trace.append((round(now, 1), max(last, 0), None if rss is None else round(rss, 1)))
+            last_trace = now
         await asyncio.sleep(1.0)
-    raise TimeoutError(
-        f"worker {worker.name}: {last} of {n_items} items indexed after {timeout_s:.0f}s"
-    )
+    raise failed(f"timed out after {timeout_s:.0f}s")
 
 
 async def items_indexed(worker: Worker) -> int:
