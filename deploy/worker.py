@@ -19,9 +19,8 @@ log = logging.getLogger(__name__)
 FAUST_WORKER = ("-m", "faust", "-A", "streams.app", "worker")
 
 #: The event loop Faust runs on unless ``FAUST_LOOP`` says otherwise (Faust reads it when
-#: imported; the Dockerfile sets the same). Faust's per-message work is many event-loop
-#: hops: in three paired bench runs uvloop gave 1.11x, 1.12x and 1.45x the clicks/s of
-#: asyncio's own loop (docs/benchmarks.md). ``FAUST_LOOP=aio`` goes back to asyncio's.
+#: imported; the Dockerfile sets the same): Faust's per-message work is many event-loop
+#: hops, which uvloop makes cheaper (CHANGELOG.md). ``FAUST_LOOP=aio`` goes back to asyncio's.
 DEFAULT_LOOP = {"FAUST_LOOP": "uvloop"}
 
 #: Workers this process started, kept so that stop_worker can reap them (and so that a

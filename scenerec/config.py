@@ -1,7 +1,7 @@
 """One frozen settings object per process, read once at the edge.
 
 Every knob comes from an environment variable with the ``SCENEREC_`` prefix, except the
-two that the wider ecosystem already names (``KAFKA_BOOTSTRAP``, ``QDRANT_URL`` and
+three that the wider ecosystem already names (``KAFKA_BOOTSTRAP``, ``QDRANT_URL`` and
 ``QDRANT_API_KEY``). Library classes never read the environment: they take explicit
 arguments built from this object.
 """
@@ -107,31 +107,25 @@ class Settings(BaseSettings):
     top_k: int = Field(default=10, ge=1, le=1000)
     max_text_chars: int = Field(default=4096, ge=1)
     max_event_bytes: int = Field(default=65536, ge=256)
-    # Under a backlog a batch takes what queued while the last one was handled, up to this:
-    # each user a batch touches is ranked once, so bigger batches rank fewer lists per
-    # click (0.032 at 500, 0.020 at 4,000 on the ml-100k stream; docs/benchmarks.md). At
-    # low rates batches stay small (the window below), so latency does not change. Faust's
-    # agent queue holds 4,096 events.
+    # Large, below Faust's agent queue: under a backlog a batch ranks each user it touches
+    # once for all of their events in it, while at low rates the window below keeps batches
+    # small, so latency does not suffer.
     batch_max: int = Field(default=4000, ge=1)
-    # ... and it closes once it holds this many users' events: handling costs per user (at
-    # 1,682 items ~2 ms each to rank), and a batch of 4,000 new users stalled the worker's
-    # event loop past the bench's 5 s metrics request.
+    # ... and it closes once it holds this many users' events: handling costs per user, and
+    # a batch of thousands of new users would hold the worker's event loop (and /metrics).
     batch_max_users: int = Field(default=500, ge=1)
-    # The catalog goes through the encoder: 500 items are a few seconds of a CPU replica,
-    # which clicks on items not yet indexed wait out (SCENEREC_UNKNOWN_ITEM_WAIT_S).
+    # Smaller, because catalog items go through the encoder and clicks on items not yet
+    # indexed wait for their batch (SCENEREC_UNKNOWN_ITEM_WAIT_S).
     catalog_batch_max: int = Field(default=500, ge=1)
-    # 10 ms: at 1,000 clicks/s a 50 ms window left a standing ~2 s queue (p99 2,396 ms vs
-    # 271 ms with 10 ms on a fresh worker, docs/benchmarks.md).
+    # Short, because a longer window lets a standing queue build at high click rates.
     batch_within_s: float = Field(default=0.01, gt=0)
-    # The window grows up to this while batches take long to handle (streams/batching.py).
-    # Off by default (equal to the short window) since batches hold up to 4,000 events:
-    # under a backlog they fill from the queue anyway, and at 1,000 clicks/s a window grown
-    # after one slow batch made the next ones slower, in bursts of seconds (p99 126.2 and
-    # 138.5 ms without growth, 272.7 with it up to 0.1 s; docs/benchmarks.md).
+    # The window may grow up to this after a slow batch (streams/agents); off by default
+    # (equal to the short window) because big batches fill from the queue under a backlog
+    # anyway, and a grown window made the batches after a slow one slower still.
     batch_within_max_s: float = Field(default=0.01, gt=0)
-    #: Longest a worker's Kafka fetch waits for data (Faust's own is a fixed 1,500). A fetch
-    #: that waits on idle topics holds back every click (streams/transport.py): 20 removed
-    #: the 0.5-1.7 s stalls at 1,000 clicks/s (docs/benchmarks.md, "The fetch stall").
+    #: Longest a worker's Kafka fetch waits for data, short because a fetch waiting on idle
+    #: topics holds back every click behind it (Faust's own wait is fixed and long;
+    #: streams/patches/transport.py, docs/benchmarks.md "The fetch stall").
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=60_000)
     unknown_item_wait_s: float = Field(default=30.0, ge=0)
     min_free_mb: int = Field(default=100, ge=0, description="refuse to start below this")
@@ -155,14 +149,14 @@ class Settings(BaseSettings):
     feed_refresh_events: int = Field(default=10, ge=1)
     #: How long the item-stats agent gathers deltas before it applies and writes them.
     stats_batch_within_s: float = Field(default=0.5, gt=0)
-    #: Threads that share the item product when ranking a catalog of more than 4,096 items
-    #: (the same scores, bit for bit, as one thread). 0: one per CPU this process may run
-    #: on, at most 4. At 100,000 items the product was a third of the worker on one thread.
+    #: Threads that share the item product when every item of a catalog of more than 4,096
+    #: items is scored (the same scores, bit for bit, as one thread), since on a large
+    #: catalog that product is the heaviest part of ranking. 0: one per CPU this process
+    #: may run on, at most 4.
     rank_threads: int = Field(default=0, ge=0, le=64)
     #: Once started, the worker moves what it holds into the collector's permanent
-    #: generation (``gc.freeze``): full collections stop scanning Faust, aiokafka, numpy
-    #: and the item index over and over. With batches of 4,000 the worker spent 16% of
-    #: the throughput window in GC (docs/benchmarks.md).
+    #: generation (``gc.freeze``), so that the full collections big batches trigger stop
+    #: rescanning Faust, aiokafka, numpy and the item index.
     gc_freeze: bool = True
     #: Allocations between young-generation collections (Python's default: 700). 0 keeps
     #: the interpreter's setting.

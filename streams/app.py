@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from scenerec.config import Settings, load_settings
 from streams import topics as t
 from streams.metrics import WorkerMetrics, watch_gc
-from streams.transport import App
+from streams.patches.transport import App
 
 settings: Settings = load_settings()
 metrics = WorkerMetrics.create()
@@ -51,7 +51,7 @@ def _canonical_url(s: Settings) -> str:
 app = App(
     settings.app_id,
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
-    # Not compacted, so a jump in their offsets is records skipped (streams/transport.py).
+    # Not compacted, so a jump in their offsets is records skipped (streams/patches/transport.py).
     contiguous_topics=frozenset(
         settings.topic(spec.name) for spec in (*t.INPUT_TOPICS, t.ITEM_DELTAS) if not spec.compacted
     ),

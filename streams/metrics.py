@@ -169,7 +169,7 @@ class WorkerMetrics:
             refetches=Counter(
                 "scenerec_refetches_total",
                 "Times messages read but dropped by the consumer were fetched again "
-                "(streams/healing.py)",
+                "(streams/patches/healing.py)",
                 registry=reg,
             ),
             gc_pause_seconds=Histogram(

@@ -26,7 +26,6 @@ from embeddings.ranking import ItemIndex
 from scenerec.diskcheck import check_writable
 from scenerec.kafka import consumer, ensure_topics
 from serving.client import EncoderClient
-from streams import healing
 from streams import state as state_codec
 from streams.app import (
     STREAM_TOPICS,
@@ -42,11 +41,12 @@ from streams.app import (
 from streams.catalog_reader import CatalogReader
 from streams.itemstats import Partitioner, split_by_partition
 from streams.nearest import StoreNearest
+from streams.patches import healing
+from streams.patches.transport import flush_producer
 from streams.pipeline import Pipeline, PipelineConfig
 from streams.records import DeadLetter
 from streams.stats_reader import StatsReader
 from streams.topics import CATALOG
-from streams.transport import flush_producer
 from vectorstore import open_store
 from vectorstore.base import VectorStore
 
@@ -370,7 +370,7 @@ _holes = healing.HoleWatch()
 
 @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
 async def refetch_dropped_messages() -> None:
-    """Fetch again what Faust read but dropped (streams/healing.py explains when)."""
+    """Fetch again what Faust read but dropped (streams/patches/healing.py explains when)."""
     consumer: Any = app.consumer
     if app.rebalancing or not consumer.flow_active:
         return
@@ -454,7 +454,7 @@ def await_chain(obj: object, limit: int = 40) -> list[str]:
 class ConsumerView(View):
     """Per assigned partition: Kafka position and highwater, Faust's read/committed offsets;
     and the first 50 messages in Faust's unacked set, with their ``acked`` flags (an acked
-    message can stay there: streams/healing.py).
+    message can stay there: streams/patches/healing.py).
 
     Reads Faust's private bookkeeping (there is no public API for it): for diagnosis only.
     """

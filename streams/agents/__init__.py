@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import faust
 
-from streams.batching import take_batches
 from streams.errors import BadEvent
 from streams.metrics import WorkerMetrics
+from streams.patches.batching import take_batches
 from streams.pipeline import Incoming, Pipeline
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,8 @@ RETRIES = 3
 
 #: A batch that took longer than this many short windows to handle counts as slow, and the
 #: next window grows, up to ``SCENEREC_BATCH_WITHIN_MAX_S`` (by default the short window
-#: itself: no growth; scenerec/config.py says why). Batches of the ml-100k catalog took
-#: 10-30 ms at 100-1,000 clicks/s, where a longer window only adds latency. Batches of a
-#: 100,000-item catalog took hundreds of ms, where small batches rank the same users again
-#: and again (docs/benchmarks.md).
+#: itself: no growth; scenerec/config.py says why): where batches are slow, small ones
+#: rank the same users again and again; where they are fast, a longer window only waits.
 SLOW_BATCH_WINDOWS = 5
 
 
@@ -52,7 +50,7 @@ def batch_window(
 
     After a slow batch, gather for as long as it took (at most ``within_max_s``): handling
     outweighs gathering then. Otherwise the short window, for latency
-    (streams/batching.py says why). Either way less the flush: events gathered while the
+    (streams/patches/batching.py says why). Either way less the flush: events gathered while the
     broker acknowledged (the event loop reads them meanwhile) have waited that long already.
     At 1,000 clicks/s the flush took 3-6 ms of a 10 ms window (docs/benchmarks.md).
     """

@@ -1,4 +1,4 @@
-"""``streams.batching.take_batches`` on a real Faust agent channel (``test_context``)."""
+"""``streams.patches.batching.take_batches`` on a real Faust agent channel (``test_context``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import faust
 import pytest
 
-from streams.batching import take_batches
+from streams.patches.batching import take_batches
 
 app = faust.App("test-batching", store="memory://", autodiscover=False)
 

@@ -1,4 +1,4 @@
-"""The consumer's eager hand-off of fetched messages (streams/eager.py)."""
+"""The consumer's eager hand-off of fetched messages (streams/patches/eager.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mode import Service
 
-from streams.eager import EagerFirst, Resumed, first_step
+from streams.patches.eager import EagerFirst, Resumed, first_step
 
 
 async def answer(value: int) -> int:

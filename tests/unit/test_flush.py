@@ -1,4 +1,4 @@
-"""``streams.transport.flush_producer`` drains Faust's send-soon buffer even when it is slow."""
+"""``streams.patches.transport.flush_producer`` drains the send-soon buffer even when slow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import faust
 from faust.transport.producer import ProducerBuffer
 
-from streams.transport import count_sends, flush_producer
+from streams.patches.transport import count_sends, flush_producer
 
 
 class SlowBuffer(ProducerBuffer):

@@ -1,4 +1,4 @@
-"""Spotting messages Faust read but dropped, and the parked re-seek (streams/healing.py)."""
+"""Spotting messages Faust read but dropped, and the parked re-seek (streams/patches/healing.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import deque
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from streams.healing import STUCK_CHECKS, HoleWatch, PartitionView, has_hole, reseek, view
+from streams.patches.healing import STUCK_CHECKS, HoleWatch, PartitionView, has_hole, reseek, view
 
 
 class TP(NamedTuple):

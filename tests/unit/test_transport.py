@@ -1,11 +1,11 @@
-"""``streams.transport``: the worker's Kafka consumer gets the configured fetch wait."""
+"""``streams.patches.transport``: the worker's Kafka consumer gets the configured fetch wait."""
 
 from __future__ import annotations
 
 import faust
 from faust.transport.drivers import aiokafka as driver
 
-from streams.transport import App, Transport
+from streams.patches.transport import App, Transport
 
 
 async def test_the_worker_consumer_waits_at_most_the_configured_fetch_wait() -> None:
@@ -33,7 +33,7 @@ async def test_the_app_settings_reach_the_transport() -> None:
 
 
 def test_a_hole_at_the_front_of_the_acked_offsets_blocks_the_commit() -> None:
-    from streams.transport import commit_blocked
+    from streams.patches.transport import commit_blocked
 
     assert commit_blocked([31, 32, 33], 30)  # 30 never handled: Faust would commit 34
     assert commit_blocked([5, 6], 0)  # Faust checks nothing when 0 is committed
@@ -69,7 +69,7 @@ async def test_partitions_faust_does_not_read_are_paused_in_aiokafka() -> None:
     """A changelog partition left out of Faust's reads is not fetched (``mirror_pauses``)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.transport import mirror_pauses
+    from streams.patches.transport import mirror_pauses
 
     clicks, changelog = TopicPartition("clicks", 0), TopicPartition("state-changelog", 0)
     consumer = AIOKafkaConsumer(bootstrap_servers="localhost:9")

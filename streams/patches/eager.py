@@ -72,7 +72,7 @@ def first_step(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
 class EagerFirst:
     """A ``wait_first`` for Faust's consumer that first runs the callback eagerly.
 
-    Mixed into the worker's consumer (``streams.transport.Consumer``); the other
+    Mixed into the worker's consumer (``streams.patches.transport.Consumer``); the other
     attributes come from ``faust.transport.consumer.Consumer`` and mode's ``Service``.
     """
 

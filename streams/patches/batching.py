@@ -16,7 +16,7 @@ clearing of the queues at a rebalance, commits and the table's changelog.
   off the queue, as the stream does, and *acked* through ``Stream.ack`` once its batch is
   handled: when the caller asks for the next batch. Faust commits only runs of acked
   offsets, so a batch that was never handled (the worker died, or the generator was closed
-  at the ``yield``) is fetched again. ``streams.healing`` reads the same set.
+  at the ``yield``) is fetched again. ``streams.patches.healing`` reads the same set.
 * A message fetched before the last rebalance (``generation_id`` behind the app's), or
   taken while flow control is paused, is skipped as the stream skips it. Unlike the stream,
   it is not acked: Faust seeks to the committed offset after a rebalance and fetches it

@@ -12,7 +12,7 @@ stall every 1-5 s, 0.5-1.7 s long, and a latency p99 of 1.6-3.0 s in the runs th
 them (docs/benchmarks.md, "The fetch stall"). A short wait bounds the stall; an idle
 worker pays with one empty fetch per wait. The worker sets 20 ms. (It was opt-in for a
 while: with it the ``kill -9`` fault test failed in 2 of 4 runs, because acked messages
-Faust keeps in its unacked set hid a hole from ``streams.healing``; healing now counts only
+Faust keeps in its unacked set hid a hole from ``streams.patches.healing``; healing now counts only
 messages not acked.) The override sets the consumer's private
 ``_fetch_max_wait_ms`` between its construction and its start (``AIOKafkaConsumer.start``
 builds the fetcher from it), the one point Faust leaves open; a unit test checks that the
@@ -39,7 +39,7 @@ from faust import transport
 from faust.transport.drivers import aiokafka as driver
 from faust.types import ProducerT, TransportT
 
-from streams.eager import EagerFirst
+from streams.patches.eager import EagerFirst
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +113,18 @@ def commit_blocked(acked: Sequence[int], committed: int | None) -> bool:
 
 class Consumer(EagerFirst, driver.Consumer):
     """Faust's consumer, which never counts an offset of a gap-free topic as done unhandled,
-    and hands each fetched message on without a task per message (``streams.eager``).
+    and hands each fetched message on without a task per message (``streams.patches.eager``).
 
     Faust's fetch loop treats a jump in the offsets it delivers (``offset > read offset +
     1``) as a gap, and its commits count a gap as handled. On a compacted topic that is
     right: compaction leaves holes. On the click, comment and social topics there are no
     holes, and a jump means records were skipped: a seek to the committed offsets (table
-    recovery after a rebalance, or ``streams.healing``) raced a fetch still being
+    recovery after a rebalance, or ``streams.patches.healing``) raced a fetch still being
     delivered, which moved the read offset past records the new fetch then drops as
     already read. Counted as a gap, those records were committed over and lost: the
     ``kill -9`` fault test lost 10 clicks of one partition that way, with its commit at the
     end and nothing for healing to see. Here such a jump is logged and not counted; the
-    commit stops before it, and ``streams.healing`` fetches the records again.
+    commit stops before it, and ``streams.patches.healing`` fetches the records again.
     ``app.contiguous_topics`` names the topics (the app's non-compacted input topics).
     """
 
