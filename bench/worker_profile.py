@@ -1,6 +1,7 @@
 """Where the worker's time goes on click batches, without Kafka: ``Pipeline`` in-process.
 
     python -m bench.worker_profile --catalog 1682 --batches 40 --batch 500
+    python -m bench.worker_profile --catalog 100000 --nearest store-hnsw --warmup 20
     py-spy record -o results/profile/inproc.svg -- python -m bench.worker_profile ...
 
 Drives :class:`streams.pipeline.Pipeline` the way the Faust agent does (one call of
@@ -12,6 +13,14 @@ random unit vectors: ranking cost does not depend on the values), so clicks take
 path as in the worker: parse, state codec, user-model update, store upsert, ranking,
 reasons, payload. Faust, aiokafka and the broker are not in this picture: the profile of
 the real worker (``--pyspy`` in bench/pipeline_bench.py) shows them.
+
+The clicks are the many-users workload's by default (``bench/workload.py``: each click from
+a user drawn uniformly among 10,000 with profiles, so a batch ranks about one list per
+click; ``--warmup`` batches give the users a history first), or ml-100k's ratings in time
+order (``--workload ml100k``: one user's ratings together, few lists per click). Large
+catalogs rank candidates; their nearest items come from the store as the worker searches
+it (an exact scan: Qdrant Edge builds no HNSW index by itself), from the store after
+:meth:`optimize` built one (``--nearest store-hnsw``), or from an exact scan of the index.
 
 Prints a per-stage table (wall time per batch, from timers wrapped around the pipeline's
 collaborators) and writes JSON.
@@ -37,11 +46,14 @@ import numpy as np
 import orjson
 
 from bench.catalog import ml100k_items, synthetic_items
+from embeddings.blended import CandidateConfig
+from embeddings.ranking import ItemIndex
 from embeddings.vectors import Matrix
 from scenerec.config import Settings
 from scenerec.datasets import load_ml100k
 from streams import state as state_codec
 from streams.metrics import WorkerMetrics
+from streams.nearest import StoreNearest
 from streams.pipeline import Incoming, Pipeline, PipelineConfig
 from streams.records import DeadLetter
 from vectorstore import open_store
@@ -140,6 +152,7 @@ def instrument(pipe: Pipeline, store: VectorStore, timers: Timers) -> None:
 
     store_any: Any = store
     store_any.upsert_users = timers.wrap("vector store: upsert_users", store.upsert_users)
+    store_any.search_many = timers.wrap("vector store: search_many", store.search_many)
     setattr(pl, "to_payload", timers.wrap("ranking: to_payload", pl.to_payload))  # noqa: B010
     model: Any = pipe.model
     model.rank = timers.wrap("ranking: rank", pipe.model.rank)
@@ -149,6 +162,31 @@ def instrument(pipe: Pipeline, store: VectorStore, timers: Timers) -> None:
     codec.dumps = timers.wrap("state codec: dumps", state_codec.dumps)
     pipe_any: Any = pipe
     pipe_any._parse_one = timers.wrap("parse: json + pydantic", pipe._parse_one)
+
+
+def many_user_batches(
+    items: list[dict[str, Any]], n_batches: int, size: int, users: int
+) -> tuple[list[Incoming], list[list[Incoming]]]:
+    """The many-users workload's profiles, then its clicks (``bench/workload.py``)."""
+    from bench.workload import CLICK, Workload, WorkloadConfig
+
+    wl = Workload(items, WorkloadConfig(users=users), tag="prof")
+    profiles = [
+        Incoming(orjson.dumps(p), "users.profiles", 0, k, key)
+        for k, (key, p) in enumerate(wl.profiles())
+    ]
+    out: list[list[Incoming]] = []
+    k = 0
+    while len(out) < n_batches:
+        batch: list[Incoming] = []
+        while len(batch) < size:
+            topic, ev = wl.next_event()
+            if topic != CLICK:
+                continue
+            batch.append(Incoming(orjson.dumps(ev), topic, k % 4, k, ev["user_id"].encode()))
+            k += 1
+        out.append(batch)
+    return profiles, out
 
 
 def click_batches(
@@ -176,16 +214,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="scenerec-prof-") as tmp:
         store = open_store(Path(tmp) / "qdrant")
         store.ensure_collections(384, SCENES)
-        from embeddings.ranking import ItemIndex
-
+        index = ItemIndex(384)
+        emitter = SerialisingEmitter(timers)
         pipe = Pipeline(
-            config=PipelineConfig(scenes=SCENES, unknown_item_wait_s=0.0),
+            config=PipelineConfig(
+                scenes=SCENES,
+                unknown_item_wait_s=0.0,
+                candidates=CandidateConfig(exact_max_items=args.exact_max_items),
+            ),
             store=store,
-            index=ItemIndex(384),
+            index=index,
             encoder=RandomEncoder(),
             states=TimedStates(),
-            emitter=SerialisingEmitter(timers),
+            emitter=emitter,
             metrics=WorkerMetrics.create(),
+            nearest=None if args.nearest == "exact" else StoreNearest(store, index),
         )
         t0 = time.perf_counter()
         for start in range(0, len(items), 500):
@@ -195,10 +238,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ]
             await pipe.on_catalog(chunk)
         index_s = time.perf_counter() - t0
-        batches = click_batches(data.clicks, args.warmup + args.batches, args.batch, "events.click")
+        optimize_s = 0.0
+        if args.nearest == "store-hnsw":
+            t0 = time.perf_counter()
+            store.optimize()
+            optimize_s = time.perf_counter() - t0
+        n = args.warmup + args.batches
+        if args.workload == "many-users":
+            profiles, batches = many_user_batches(items, n, args.batch, args.users)
+            for start in range(0, len(profiles), 500):
+                await pipe.on_profiles(profiles[start : start + 500])
+        else:
+            batches = click_batches(data.clicks, n, args.batch, "events.click")
         for b in batches[: args.warmup]:  # users get state; the store gets its users
             await pipe.on_clicks(b)
         instrument(pipe, store, timers)
+        lists_before = emitter.messages
         prof = cProfile.Profile() if args.cprofile else None
         t0 = time.perf_counter()
         if prof is not None:
@@ -209,6 +264,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if prof is not None:
             prof.disable()
         wall = time.perf_counter() - t0
+        lists = emitter.messages - lists_before
         users = len(pipe.states)
         store.close()
     n_events = args.batches * args.batch
@@ -223,16 +279,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "catalog_items": len(items),
         "catalog_index_s": round(index_s, 2),
+        "nearest": args.nearest,
+        "optimize_s": round(optimize_s, 2),
+        "workload": args.workload,
         "batch": args.batch,
         "batches": args.batches,
         "users_with_state": users,
         "events_per_s": round(n_events / wall, 1),
+        "lists_per_click": round(lists / n_events, 3),
         "ms_per_batch": round(1000 * wall / args.batches, 2),
         "stages": stages,
     }
     if prof is not None:
         buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
+        pstats.Stats(prof, stream=buf).sort_stats(args.sort).print_stats(40)
         result["cprofile_top"] = buf.getvalue()
     return result
 
@@ -243,13 +303,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=500, help="clicks per batch (worker default)")
     p.add_argument("--batches", type=int, default=20, help="measured batches")
     p.add_argument("--warmup", type=int, default=5, help="batches before measuring")
+    p.add_argument(
+        "--workload",
+        choices=("many-users", "ml100k"),
+        default="many-users",
+        help="many-users: bench/workload.py's users, each click from a user drawn uniformly "
+        "(one list per click); ml100k: ml-100k's ratings in time order (one user's together)",
+    )
+    p.add_argument(
+        "--nearest",
+        choices=("store", "store-hnsw", "exact"),
+        default="store",
+        help="candidates' nearest items: the vector store as the worker searches it, the store "
+        "after building its HNSW index, or an exact scan of the item index (the harness's)",
+    )
+    p.add_argument(
+        "--exact-max-items",
+        type=int,
+        default=CandidateConfig().exact_max_items,
+        help="catalogs up to this size score every item, larger ones candidates (0: always "
+        "candidates)",
+    )
+    p.add_argument("--users", type=int, default=10_000, help="users of the many-users workload")
     p.add_argument("--cprofile", action="store_true", help="also keep a cProfile summary")
+    p.add_argument("--sort", default="cumulative", help="cProfile order: cumulative, tottime, ...")
     p.add_argument("--out", type=Path, default=Path("results/profile/worker_profile.json"))
     args = p.parse_args(argv)
     result = asyncio.run(run(args))
     print(
         f"catalog {result['catalog_items']} items, batch {args.batch}: "
-        f"{result['events_per_s']:,.0f} clicks/s in-process, {result['ms_per_batch']} ms/batch"
+        f"{result['events_per_s']:,.0f} clicks/s in-process "
+        f"(lists_per_click {result['lists_per_click']}), {result['ms_per_batch']} ms/batch"
     )
     print(f"{'stage':<36}{'ms/batch':>10}{'share':>8}{'calls':>8}")
     for name, s in result["stages"].items():

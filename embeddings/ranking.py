@@ -523,11 +523,17 @@ def leading_terms(lifts: npt.NDArray[np.float64], has_vector: bool) -> list[str]
     Similarity counts only for a user with a vector, transitions and co-occurrence only
     when they lift the item; on a tie the earlier term in ``TERMS`` wins.
     """
+    return leading_terms_masked(lifts, np.full(lifts.shape[1], has_vector))
+
+
+def leading_terms_masked(
+    lifts: npt.NDArray[np.float64], has_vector: npt.NDArray[np.bool_]
+) -> list[str]:
+    """:func:`leading_terms` with a ``has_vector`` flag per item (items of many feeds)."""
     masked = lifts.copy()
-    if not has_vector:
-        masked[0] = -np.inf
+    masked[0][~has_vector] = -np.inf
     masked[2:][masked[2:] <= 0] = -np.inf  # collaborative terms count only when they lift
-    return [TERMS[t] for t in np.argmax(masked, axis=0)]  # argmax: the first of equal maxima
+    return [TERMS[t] for t in np.argmax(masked, axis=0).tolist()]  # the first of equal maxima
 
 
 def leading_term(ranked: Ranked, has_vector: bool) -> str:

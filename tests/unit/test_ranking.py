@@ -213,3 +213,36 @@ def test_threads_share_the_blocks_bit_for_bit(
     assert any(name.startswith("scenerec-rank") for name in callers)
     with pytest.raises(ValueError, match="threads"):
         index.set_threads(0)
+
+
+class RecordingNearest:
+    """Exact nearest items that keep every query they were asked."""
+
+    def __init__(self, index: ItemIndex) -> None:
+        from embeddings.blended import ExactNearest
+
+        self.exact = ExactNearest(index)
+        self.queries: list[npt.NDArray[np.float32]] = []
+
+    def nearest(self, queries: Any, scenes: Any, k: int) -> list[npt.NDArray[np.intp]]:
+        self.queries += list(queries)
+        return self.exact.nearest(queries, scenes, k)
+
+
+def test_candidates_search_once_per_feed_along_both_similarity_terms() -> None:
+    """With both similarity terms weighed, a feed's one search is along
+    ``u ⊙ (w_sim + w_gated g)``: its scores are the blend's similarity part exactly."""
+    model, users = world(300, 12, CandidateConfig(exact_max_items=0))
+    recorder = RecordingNearest(model.index)
+    model.ranker.nearest = recorder
+    both = [st for st in users if all(BLEND.blend.weights_for(st.n_events)[[2, 4]])]
+    assert both, "the world must hold users whose blend weighs both similarity terms"
+    st = both[0]
+    model.rank([(st, [None])])
+    assert len(recorder.queries) == 1
+    w = BLEND.blend.weights_for(st.n_events)
+    vec = model.scene_model.scene_vector(st, None)
+    assert vec is not None and BLEND.global_gate is not None
+    mat = model.index.vectors_at(np.arange(len(model.index)))
+    expected = w[2] * (mat @ vec) + w[4] * (mat @ (vec * BLEND.global_gate))
+    np.testing.assert_allclose(mat @ recorder.queries[0], expected, rtol=1e-4, atol=1e-4)
