@@ -288,6 +288,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "events_per_s": round(n_events / wall, 1),
         "lists_per_click": round(lists / n_events, 3),
         "ms_per_batch": round(1000 * wall / args.batches, 2),
+        "rss_peak_mb": _peak_rss_mb(),
         "stages": stages,
     }
     if prof is not None:
@@ -295,6 +296,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         pstats.Stats(prof, stream=buf).sort_stats(args.sort).print_stats(40)
         result["cprofile_top"] = buf.getvalue()
     return result
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory (``VmHWM``), in MiB: the worker's, less Faust."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"catalog {result['catalog_items']} items, batch {args.batch}: "
         f"{result['events_per_s']:,.0f} clicks/s in-process "
-        f"(lists_per_click {result['lists_per_click']}), {result['ms_per_batch']} ms/batch"
+        f"(lists_per_click {result['lists_per_click']}), {result['ms_per_batch']} ms/batch, "
+        f"peak RSS {result['rss_peak_mb']} MiB"
     )
     print(f"{'stage':<36}{'ms/batch':>10}{'share':>8}{'calls':>8}")
     for name, s in result["stages"].items():

@@ -40,7 +40,7 @@ from evaluation.protocols import items_by_user
 from evaluation.report import SystemResult
 from evaluation.sasrec import SASRec, SASRecConfig
 from evaluation.scenerec_model import SOCIAL, SceneRec, SceneRecConfig
-from evaluation.social import friend_overlap
+from evaluation.social import friends_items
 from evaluation.tuning import GridFilter, SceneRecTuning, scenerec_space, tune_scenerec_subsets
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def run(ds: Dataset, cache: VectorCache, opts: LooOptions) -> LooOutput:
         }
     deltas = _deltas(records, cold_users if cold else None)
     if social:
-        meta["social"] = {"friends_items": friend_overlap(ds, [*train, *valid], test)}
+        meta["social"] = {"friends_items": friends_items(ds, [*train, *valid], test)}
     meta["split"] = {"train": len(train), "valid": len(valid), "test": len(test)}
     return LooOutput(results, meta, lists, deltas)
 

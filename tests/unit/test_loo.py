@@ -262,15 +262,3 @@ def test_an_item_without_text_takes_its_train_comments_direction() -> None:
     )
     assert np.array_equal(out[1], vecs[1])  # its own text stays
     assert not np.any(out[2])  # never commented on in train: still no vector
-
-
-def test_friend_overlap_against_random_users() -> None:
-    from evaluation.social import friend_overlap
-
-    items = tuple(_items(4))
-    social = (SocialEdge("u1", "u2"),)
-    history = [Event("u2", "i1", "a", "click", 0.0), Event("u3", "i2", "a", "click", 0.0)]
-    ds = Dataset("toy", items, Split(tuple(history), (), ()), social=social, clock="none")
-    out = friend_overlap(ds, history, [Event("u1", "i1", "a", "click", 1.0)])
-    assert out["test_events_of_users_who_follow"] == 1
-    assert out["share_item_had_by_friends"] == 1.0
