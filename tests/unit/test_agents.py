@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,13 @@ class Collect:
 
 
 @pytest.fixture(scope="module")
-def worker() -> Worker:
+def worker() -> Iterator[Worker]:
     """A worker for this module (nothing started: the agents run in their test contexts;
     each test installs a pipeline of its own)."""
-    return create_worker(Settings(), WorkerMetrics.create(CollectorRegistry()))
+    worker = create_worker(Settings(), WorkerMetrics.create(CollectorRegistry()))
+    yield worker
+    # Acking a test event builds the consumer, whose thread's loop never runs.
+    worker.app.consumer._thread.thread_loop.close()
 
 
 @pytest.fixture

@@ -35,7 +35,9 @@ class Producer:
         self.buffered_at_flush.append(self.buffer.size)
 
 
-def test_the_worker_app_counts_its_producer_sends() -> None:
+async def test_the_worker_app_counts_its_producer_sends() -> None:
+    # Async: the producer takes the running loop (built outside one, it makes a loop of its
+    # own that nothing closes).
     from scenerec.config import Settings
     from streams.worker import create_worker
 
