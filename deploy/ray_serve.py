@@ -31,6 +31,8 @@ from typing import Any
 import ray
 from ray import serve
 
+from deploy.api_config import api_overrides
+from scenerec.config import Settings, load_settings
 from serving.encoder_app import EncoderAppConfig, build_app
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,11 @@ class RayHead:
 
     port: int = DEFAULT_RAY_PORT
     temp_dir: Path | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> RayHead:
+        """The head the settings name (``SCENEREC_RAY_PORT``, ``SCENEREC_RAY_TEMP_DIR``)."""
+        return cls(settings.ray_port, settings.ray_temp_dir)
 
     @property
     def address(self) -> str:
@@ -289,12 +296,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from deploy.stack import api_overrides, ray_head
-    from scenerec.config import load_settings
-
     settings = load_settings()
+    head = RayHead.of(settings)
     if args.command == "stop":
-        stop_serve(ray_head(settings))
+        stop_serve(head)
         return 0
     threads = args.threads
     if threads is None and args.device == "cpu":
@@ -317,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.timeout,
         api_overrides=None if args.no_api else api_overrides(settings),
         metrics_port=args.metrics_port or settings.ray_metrics_port,
-        head=ray_head(settings),
+        head=head,
     )
     print(url)
     return 0

@@ -12,9 +12,10 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+# Also named here for the callers that import it from the stack (bench/push_bench.py).
+from deploy.api_config import api_overrides as api_overrides
 from deploy.kafka_local import LocalKafka
 from deploy.worker import start_worker, stop_worker
 from scenerec.config import Settings
@@ -62,37 +63,6 @@ def encoder_config(settings: Settings) -> EncoderAppConfig:
     )
 
 
-#: Settings the pull API's replicas get explicitly; secrets are not among them (replicas
-#: read those from their own environment).
-API_SETTINGS = (
-    "kafka_bootstrap",
-    "kafka_security_protocol",
-    "kafka_sasl_mechanism",
-    "kafka_sasl_username",
-    "kafka_ssl_cafile",
-    "kafka_ssl_certfile",
-    "kafka_ssl_keyfile",
-    "topic_prefix",
-    "partitions",
-    "scenes",
-    "top_k",
-    "worker_url",
-    "stream_max_open",
-    "stream_max_per_user",
-    "stream_heartbeat_s",
-    "stream_replay_records",
-    "cors_origins",
-    "api_demo",
-)
-
-
-def api_overrides(settings: Settings) -> dict[str, Any]:
-    values = settings.model_dump(include=set(API_SETTINGS))
-    values["kafka_bootstrap"] = settings.bootstrap
-    values["worker_url"] = settings.worker_base_url
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if v is not None}
-
-
 def _kafka_up(settings: Settings) -> None:
     if settings.kafka_bootstrap is None:
         log.info("starting the local Kafka broker on port %d", settings.kafka_port)
@@ -106,7 +76,7 @@ def ray_head(settings: Settings) -> RayHead:
     """The Ray head the settings name (``SCENEREC_RAY_PORT``, ``SCENEREC_RAY_TEMP_DIR``)."""
     from deploy.ray_serve import RayHead
 
-    return RayHead(settings.ray_port, settings.ray_temp_dir)
+    return RayHead.of(settings)
 
 
 def up(settings: Settings, worker: bool = True) -> StackInfo:

@@ -11,19 +11,11 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-# Set before transformers is imported so huggingface_hub never tries the network,
-# even for a path that looks like a hub repo id.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-# Tokenizer threads fight torch's intra-op threads on small machines and warn after fork.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import torch
-from transformers import AutoModel, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +51,27 @@ def default_model_path() -> Path:
     return path
 
 
+def _offline_transformers() -> tuple[Any, Any]:
+    """``(AutoModel, AutoTokenizer)``, imported only after the process is made offline.
+
+    Called where the weights are loaded, not at import: importing this module changes no
+    environment. huggingface_hub reads ``HF_HUB_OFFLINE`` once, when first imported, so
+    the variables are set before transformers is imported here; where something imported
+    huggingface_hub earlier, its flag is set too. Either way it never tries the network,
+    even for a path that looks like a hub repo id.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # Tokenizer threads fight torch's intra-op threads on small machines and warn after fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from huggingface_hub import constants as hub_constants
+
+    hub_constants.HF_HUB_OFFLINE = True
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoModel, AutoTokenizer
+
+
 def _resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
@@ -92,8 +105,9 @@ class SentenceEncoder:
             torch.set_num_threads(torch_threads)
         self.model_path = path
         self.max_length = max_length
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        auto_model, auto_tokenizer = _offline_transformers()
+        self._tokenizer = auto_tokenizer.from_pretrained(str(path), local_files_only=True)
+        model = auto_model.from_pretrained(str(path), local_files_only=True)
         self._model = model.to(self._device).eval()
         self._dim = int(self._model.config.hidden_size)
         logger.info(

@@ -19,10 +19,11 @@ bounded per clicked item, not quadratic in the catalog.
 
 Rows are keyed by integers: item rows in-process (the evaluation harness, tests), or
 :func:`item_key` hashes of item ids between processes, where the stream's item-stats
-stage (``streams/agents/itemstats.py``) applies deltas re-keyed by item and every worker
-reads the rows back (``embeddings.collaborative.Collaborative``). A delta carries the
-position of the click it came from (source, offset); a row applies a source's deltas only
-past the last offset it applied from that source, so a replayed click counts once.
+stage (the ``items.deltas`` agent, ``streams/agents``) applies deltas re-keyed by item and
+every worker reads the rows back (``embeddings.collaborative.Collaborative``). A delta
+carries the position of the click it came from (source, offset); a row applies a source's
+deltas only past the last offset it applied from that source, so a replayed click counts
+once.
 """
 
 from __future__ import annotations

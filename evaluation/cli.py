@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from evaluation.defaults import DEFAULT_TUNE_USERS, QUICK_BPR_EPOCHS
 from evaluation.encoding import DEFAULT_CACHE_DIR
 from evaluation.report import (
     PROTOCOL_KEYS,
@@ -34,10 +35,6 @@ from evaluation.report import (
 
 #: Kept here (not imported) so that --help never loads numpy or torch.
 PROTOCOLS = ("temporal", "loo")
-#: Protocol L: valid users the SceneRec tuner scores at most (a seeded sample beyond).
-DEFAULT_TUNE_USERS = 6000
-#: --quick trains BPR-MF for fewer epochs.
-QUICK_BPR_EPOCHS = 5
 
 DEFAULT_DATA_DIR = Path(os.environ.get("SCENEREC_DATA_DIR", "../shared/data"))
 DEFAULT_OUT = Path("results/eval.json")

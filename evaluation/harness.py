@@ -32,8 +32,8 @@ from evaluation.baselines import (
     RecentPopular,
     Recommender,
 )
-from evaluation.cli import QUICK_BPR_EPOCHS
 from evaluation.data import Catalog, Dataset, Event, load_folder, load_lastfm2k, load_ml100k
+from evaluation.defaults import QUICK_BPR_EPOCHS
 from evaluation.encoding import (
     VectorCache,
     comment_vectors,

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from embeddings.blend import top_k
 from evaluation.baselines import BPRMF, ItemKNN, MostPopular, Recommender
-from evaluation.cli import DEFAULT_TUNE_USERS
 from evaluation.data import Catalog, Dataset, Event
+from evaluation.defaults import DEFAULT_TUNE_USERS
 from evaluation.encoding import VectorCache, comment_vectors, item_vectors, profile_vectors
 from evaluation.memory import DenseEstimate, check_dense
 from evaluation.metrics import LOO_METRICS, NDCG, loo_metrics, paired_delta, summarize

@@ -30,16 +30,15 @@ from scenerec.config import Settings
 from scenerec.datasets import Dataset
 from scenerec.kafka import client_kwargs, consumer, producer
 from scenerec.publish import publish_dataset
-from streams.topics import CLICKS, COMMENTS, ITEM_DELTAS, PROFILES, SOCIAL
+from streams.topics import PROFILES, STREAM_TOPICS
 
 log = logging.getLogger(__name__)
 
 WATCHED_USERS = 4
 SCENE_FEEDS = 3  # scene feeds shown per watched user, besides the global one
-#: What the worker's consumer group reads and commits (``streams.app.STREAM_TOPICS``, not
-#: imported: that builds the Faust app). ``catalog.items`` is not among them: every worker
-#: reads all of it outside the group (streams/catalog_reader.py).
-GROUP_TOPICS = tuple(t.name for t in (CLICKS, COMMENTS, SOCIAL, PROFILES, ITEM_DELTAS))
+#: What the worker's consumer group reads and commits. ``catalog.items`` is not among them:
+#: every worker reads all of it outside the group (streams/catalog_reader.py).
+GROUP_TOPICS = tuple(t.name for t in STREAM_TOPICS)
 NEWCOMER_TEXT = "A retired nurse who loves old musicals, westerns and a good courtroom drama."
 
 

@@ -1,7 +1,10 @@
-"""The worker's long-lived resources, started and stopped with the Faust app.
+"""The worker's long-lived resources, started and stopped with the Faust app, and its HTTP
+views and timers.
 
-Agents wait for :func:`pipeline` until the service has opened the vector store, loaded
-the item index from it and reached the encoder; unit tests install a pipeline directly.
+Agents wait for :meth:`Runtime.pipeline` until the service has opened the vector store,
+loaded the item index from it and reached the encoder; unit tests install a pipeline
+directly. streams/worker.py builds the app and hands it here: nothing in this module
+declares an app or reads the settings itself.
 """
 
 from __future__ import annotations
@@ -13,63 +16,43 @@ import logging
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import faust
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
+from faust.types import TableT
 from faust.web import Request, Response, View
 from mode import Service
 
 from embeddings.blended import CandidateConfig
 from embeddings.itemstats import DeltaBatch, SparseRow, dumps_deltas
 from embeddings.ranking import ItemIndex
+from scenerec.config import Settings
 from scenerec.diskcheck import check_writable
 from scenerec.kafka import consumer, ensure_topics
 from serving.client import EncoderClient
 from streams import state as state_codec
-from streams.app import (
-    STREAM_TOPICS,
-    app,
-    dlq_topic,
-    item_deltas_topic,
-    item_stats_table,
-    metrics,
-    recommendations_topic,
-    settings,
-    users_table,
-)
 from streams.catalog_reader import CatalogReader
 from streams.itemstats import Partitioner, split_by_partition
+from streams.metrics import WorkerMetrics
 from streams.nearest import StoreNearest
 from streams.patches import healing
 from streams.patches.transport import flush_producer
 from streams.pipeline import Pipeline, PipelineConfig
 from streams.records import DeadLetter
 from streams.stats_reader import StatsReader
-from streams.topics import CATALOG
+from streams.topics import CATALOG, DLQ, ITEM_DELTAS, RECOMMENDATIONS, Topics
 from vectorstore import open_store
 from vectorstore.base import VectorStore
 
 log = logging.getLogger(__name__)
 
-_pipeline: Pipeline | None = None
-_ready = asyncio.Event()
+#: A Faust table seen as raw ``key -> value`` bytes (both of the worker's tables).
+Table = MutableMapping[bytes, bytes]
 
 
-def install(pipe: Pipeline) -> None:
-    """Make ``pipe`` the one the agents use (the service does this; tests may too)."""
-    global _pipeline
-    _pipeline = pipe
-    _ready.set()
-
-
-async def pipeline() -> Pipeline:
-    await _ready.wait()
-    assert _pipeline is not None
-    return _pipeline
-
-
-def pipeline_config() -> PipelineConfig:
+def pipeline_config(settings: Settings) -> PipelineConfig:
     return PipelineConfig(
         scenes=settings.scenes,
         top_k=settings.top_k,
@@ -114,21 +97,26 @@ class TableStates(MutableMapping[str, bytes]):
 
 
 class FaustEmitter:
+    def __init__(self, app: faust.App, topics: Topics) -> None:
+        self._app = app
+        self._recommendations = topics[RECOMMENDATIONS]
+        self._dlq = topics[DLQ]
+
     async def flush(self) -> None:
         # The table's changelog records go out through the same producer: flushing it
         # before the batch is acked means no acknowledged event's effect is only in memory.
-        await flush_producer(app.producer)
+        await flush_producer(self._app.producer)
 
     async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
-        await recommendations_topic.send(key=user_id.encode(), value=orjson.dumps(payload))
+        await self._recommendations.send(key=user_id.encode(), value=orjson.dumps(payload))
 
     async def forget(self, user_id: str) -> None:
         # A tombstone: compaction erases the user's older lists, and readers (the pull
         # API) drop what they cached.
-        await recommendations_topic.send(key=user_id.encode(), value=None)
+        await self._recommendations.send(key=user_id.encode(), value=None)
 
     async def dead_letter(self, key: str | None, letter: DeadLetter) -> None:
-        await dlq_topic.send(
+        await self._dlq.send(
             key=key.encode() if key else None, value=letter.model_dump_json().encode()
         )
 
@@ -138,13 +126,15 @@ class FaustStatsSink:
     of the items it names (the item-stats table's own partitioning), and flushed before
     the pipeline writes the states that count them (``StatsSink.send``)."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, app: faust.App, topics: Topics, partitions: int) -> None:
+        self._app = app
+        self._deltas = topics[ITEM_DELTAS]
         self._partition_of = Partitioner(partitions)
 
     async def send(self, deltas: DeltaBatch) -> None:
         for partition, part in split_by_partition(deltas, self._partition_of).items():
-            await item_deltas_topic.send(value=dumps_deltas(part), partition=partition)
-        await flush_producer(app.producer)
+            await self._deltas.send(value=dumps_deltas(part), partition=partition)
+        await flush_producer(self._app.producer)
 
     def lists_sent(self) -> None:
         """Nothing to do: the stage and the stats reader bring the deltas back."""
@@ -172,16 +162,49 @@ def tune_gc(freeze: bool, threshold0: int) -> None:
     )
 
 
-@app.service
 class Runtime(Service):
-    """Opens the vector store and the encoder client; closes them on shutdown."""
+    """Opens the vector store and the encoder client; closes them on shutdown. Holds the
+    pipeline the agents, readers and views use (:meth:`install`, :meth:`pipeline`)."""
 
     _store: VectorStore | None = None
     _encoder: EncoderClient | None = None
     _catalog: AIOKafkaConsumer | None = None
     _stats: AIOKafkaConsumer | None = None
 
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        metrics: WorkerMetrics,
+        topics: Topics,
+        users_table: Table,
+        item_stats_table: TableT[bytes, bytes],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._app = app
+        self._settings = settings
+        self._metrics = metrics
+        self._topics = topics
+        self._users_table = users_table
+        self._item_stats_table = item_stats_table
+        #: The pipeline once installed (None before: the views answer "not ready").
+        self.installed: Pipeline | None = None
+        self._installed = asyncio.Event()
+
+    def install(self, pipe: Pipeline) -> None:
+        """Make ``pipe`` the one the agents use (on_start does this; tests may too)."""
+        self.installed = pipe
+        self._installed.set()
+
+    async def pipeline(self) -> Pipeline:
+        """The pipeline, once installed."""
+        await self._installed.wait()
+        assert self.installed is not None
+        return self.installed
+
     async def on_start(self) -> None:
+        settings, metrics = self._settings, self._metrics
         # Fail at start, with the reason, when the data folder cannot be written (read-only
         # mount, full disk): not later, mid-stream, inside the vector store.
         check_writable(settings.var_dir, settings.min_free_mb)
@@ -204,25 +227,26 @@ class Runtime(Service):
             "qdrant server" if settings.qdrant_url else f"embedded at {settings.store_dir}",
             len(index),
         )
-        install(
+        self.install(
             Pipeline(
-                config=pipeline_config(),
+                config=pipeline_config(settings),
                 store=self._store,
                 index=index,
                 encoder=self._encoder,
-                states=TableStates(users_table),
-                emitter=FaustEmitter(),
+                states=TableStates(self._users_table),
+                emitter=FaustEmitter(self._app, self._topics),
                 metrics=metrics,
-                stats_sink=FaustStatsSink(settings.partitions),
+                stats_sink=FaustStatsSink(self._app, self._topics, settings.partitions),
                 nearest=StoreNearest(self._store, index),
-                stats_rows=item_stats_table,
+                stats_rows=self._item_stats_table,
             )
         )
         tune_gc(settings.gc_freeze, settings.gc_threshold0)
 
     @Service.task
     async def _read_catalog(self) -> None:
-        await _ready.wait()
+        await self._installed.wait()
+        settings = self._settings
         self._catalog = consumer(
             settings, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
         )
@@ -231,7 +255,7 @@ class Runtime(Service):
             self._catalog,
             settings.topic(CATALOG.name),
             settings.var_dir / f"catalog-positions-{settings.app_id}.json",
-            pipeline,
+            self.pipeline,
             settings.catalog_batch_max,
         )
         # on_stop closes the consumer when the worker shuts down: that ends the reader.
@@ -240,14 +264,13 @@ class Runtime(Service):
 
     @Service.task
     async def _read_item_stats(self) -> None:
-        await _ready.wait()
+        await self._installed.wait()
         self._stats = consumer(
-            settings, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+            self._settings, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
         )
         await self._stats.start()
-        reader = StatsReader(
-            self._stats, item_stats_table.changelog_topic.get_topic_name(), pipeline
-        )
+        changelog = self._item_stats_table.changelog_topic.get_topic_name()
+        reader = StatsReader(self._stats, changelog, self.pipeline)
         with contextlib.suppress(ConsumerStoppedError):
             await reader.run()
 
@@ -263,134 +286,216 @@ class Runtime(Service):
             self._store.close()
 
 
-@app.page("/ready")
-class ReadyView(View):
-    """200 once the runtime is up (store open, encoder reached), else 503."""
+def register_views(app: faust.App, runtime: Runtime, users_table: Table) -> None:
+    """The worker's HTTP views of what ``runtime`` holds (its /metrics page is
+    streams/worker.py's), and the diagnosis views of the consumer and the tasks."""
 
-    async def get(self, request: Request) -> Response:
-        if _pipeline is None:
-            return self.json({"ready": False}, status=503)
-        return self.json(
-            {
-                "ready": True,
-                "items": len(_pipeline.index),
-                # Partition -> next offset: how far the shared item statistics got here.
-                "item_stats": {
-                    "deltas_applied": _pipeline.deltas_applied,
-                    "changelog_read": _pipeline.stats_read,
-                },
-            }
-        )
+    @app.page("/ready")
+    class ReadyView(View):
+        """200 once the runtime is up (store open, encoder reached), else 503."""
+
+        async def get(self, request: Request) -> Response:
+            pipe = runtime.installed
+            if pipe is None:
+                return self.json({"ready": False}, status=503)
+            return self.json(
+                {
+                    "ready": True,
+                    "items": len(pipe.index),
+                    # Partition -> next offset: how far the shared item statistics got here.
+                    "item_stats": {
+                        "deltas_applied": pipe.deltas_applied,
+                        "changelog_read": pipe.stats_read,
+                    },
+                }
+            )
+
+    @app.page("/users/{user_id}/recommendations")
+    class RecommendView(View):
+        """Recommendations computed now from the user's state (the pull API's fallback).
+
+        Routed to the worker that owns the user's table partition, so it works with any
+        number of workers.
+        """
+
+        @app.table_route(table=users_table, match_info="user_id")  # type: ignore[arg-type]
+        async def get(self, request: Request, user_id: str) -> Response:
+            pipe = runtime.installed
+            payload = pipe.recommend_now(user_id) if pipe is not None else None
+            if payload is None:
+                return self.json({"error": f"unknown user {user_id!r}"}, status=404)
+            return self.json(payload)
+
+    @app.page("/items/{item_id}/stats")
+    class ItemStatsView(View):
+        """What this worker's ranking knows of one item from the shared item statistics."""
+
+        async def get(self, request: Request, item_id: str) -> Response:
+            pipe = runtime.installed
+            if pipe is None:
+                return self.json({"error": "worker not ready"}, status=503)
+            index, stats = pipe.index, pipe.model.stats
+            row = index.row_of(item_id)
+            if row is None:
+                return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+            trans, cooc = stats.neighbours(row)
+
+            def named(part: SparseRow | None) -> dict[str, float]:
+                if part is None:
+                    return {}
+                rows, weights = part.items()
+                pairs = zip(rows, weights, strict=True)
+                return {index.item_at(int(r)): float(w) for r, w in pairs}
+
+            return self.json(
+                {
+                    "item_id": item_id,
+                    "clicks_now": stats.popularity(row),
+                    "users": stats.users(row),
+                    "transitions": named(trans),
+                    "cooccurrence": named(cooc),
+                    "rows_waiting_for_items": pipe.shared.pending,
+                }
+            )
+
+    @app.page("/users/{user_id}/state")
+    class UserStateView(View):
+        """What the worker holds about one user (operators' and tests' window on the table)."""
+
+        @app.table_route(table=users_table, match_info="user_id")  # type: ignore[arg-type]
+        async def get(self, request: Request, user_id: str) -> Response:
+            pipe = runtime.installed
+            if pipe is None:
+                return self.json({"error": "worker not ready"}, status=503)
+            raw = pipe.states.get(user_id)
+            if raw is None:
+                # Also say whether the vector store still holds vectors (after ``forget``: no).
+                stored = bool(pipe.store.get_users([user_id]))
+                body = {"error": f"unknown user {user_id!r}", "stored_vectors": stored}
+                return self.json(body, status=404)
+            st = state_codec.loads(raw)
+            stored_vecs = pipe.store.get_users([user_id]).get(user_id, {})
+            wanted = st.named_vectors()
+            # Operators' consistency check: the store holds exactly the state's vectors.
+            consistent = set(stored_vecs) == set(wanted) and all(
+                np.allclose(stored_vecs[name], vec, atol=1e-5) for name, vec in wanted.items()
+            )
+            return self.json(
+                {
+                    "user_id": user_id,
+                    "store_consistent": consistent,
+                    "n_events": st.n_events,
+                    "scene_counts": st.scene_counts,
+                    "recent": list(st.recent),
+                    "following": list(st.following),
+                    "last_event_id": st.last_event_id,
+                    "global": None if st.global_vec is None else st.global_vec.tolist(),
+                }
+            )
+
+    @app.page("/debug/tasks")
+    class TasksView(View):
+        """Every asyncio task of the worker and the await chain it is parked in.
+
+        ``Task.get_stack`` shows one frame of a suspended coroutine; following ``cr_await``
+        shows the whole chain down to the future it waits for: what a stuck stream waits on.
+        """
+
+        async def get(self, request: Request) -> Response:
+            lines: list[str] = []
+            for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+                lines.append(f"--- {task.get_name()}")
+                lines.extend(f"    {frame}" for frame in await_chain(task.get_coro()))
+            return self.text("\n".join(lines) + "\n")
+
+    @app.page("/debug/consumer")
+    class ConsumerView(View):
+        """Per assigned partition: Kafka position and highwater, Faust's read/committed
+        offsets; and the first 50 messages in Faust's unacked set, with their ``acked``
+        flags (an acked message can stay there: streams/patches/healing.py).
+
+        Reads Faust's private bookkeeping (there is no public API for it): for diagnosis only.
+        """
+
+        async def get(self, request: Request) -> Response:
+            return self.json(await consumer_report(app))
 
 
-@app.page("/users/{user_id}/recommendations")
-class RecommendView(View):
-    """Recommendations computed now from the user's state (the pull API's fallback).
-
-    Routed to the worker that owns the user's table partition, so it works with any
-    number of workers.
-    """
-
-    @app.table_route(table=users_table, match_info="user_id")  # type: ignore[arg-type]
-    async def get(self, request: Request, user_id: str) -> Response:
-        payload = _pipeline.recommend_now(user_id) if _pipeline is not None else None
-        if payload is None:
-            return self.json({"error": f"unknown user {user_id!r}"}, status=404)
-        return self.json(payload)
-
-
-@app.page("/items/{item_id}/stats")
-class ItemStatsView(View):
-    """What this worker's ranking knows of one item from the shared item statistics."""
-
-    async def get(self, request: Request, item_id: str) -> Response:
-        if _pipeline is None:
-            return self.json({"error": "worker not ready"}, status=503)
-        index, stats = _pipeline.index, _pipeline.model.stats
-        row = index.row_of(item_id)
-        if row is None:
-            return self.json({"error": f"unknown item {item_id!r}"}, status=404)
-        trans, cooc = stats.neighbours(row)
-
-        def named(part: SparseRow | None) -> dict[str, float]:
-            if part is None:
-                return {}
-            rows, weights = part.items()
-            return {index.item_at(int(r)): float(w) for r, w in zip(rows, weights, strict=True)}
-
-        return self.json(
-            {
-                "item_id": item_id,
-                "clicks_now": stats.popularity(row),
-                "users": stats.users(row),
-                "transitions": named(trans),
-                "cooccurrence": named(cooc),
-                "rows_waiting_for_items": _pipeline.shared.pending,
-            }
-        )
+async def consumer_report(app: faust.App) -> dict[str, Any]:
+    """What ``/debug/consumer`` shows (see its view)."""
+    c: Any = app.consumer
+    active = c._active_partitions or set()
+    rows = {}
+    for tp in sorted(c.assignment()):
+        rows[f"{tp.topic}[{tp.partition}]"] = {
+            "position": await c.position(tp),
+            "highwater": c.highwater(tp),
+            "read_offset": c._read_offset.get(tp),
+            "committed_offset": c._committed_offset.get(tp),
+            "active": tp in active,
+            "paused": tp in c._paused_partitions,
+            "buffered": tp in c._buffered_partitions,
+            "unacked": len(c._unacked_messages) if hasattr(c, "_unacked_messages") else None,
+        }
+    unacked = [
+        {
+            "tp": f"{m.tp.topic}[{m.tp.partition}]",
+            "offset": m.offset,
+            "acked": m.acked,
+            "refcount": m.refcount,
+            "generation_id": m.generation_id,
+        }
+        for m in sorted(list(c._unacked_messages), key=lambda m: (m.tp, m.offset))
+    ]
+    return {
+        "flow_active": c.flow_active,
+        "generation_id": app.consumer_generation_id,
+        "partitions": rows,
+        "unacked_messages": unacked[:50],
+    }
 
 
-@app.page("/users/{user_id}/state")
-class UserStateView(View):
-    """What the worker holds about one user (operators' and tests' window on the table)."""
+def register_timers(app: faust.App, topics: Topics, metrics: WorkerMetrics) -> None:
+    """The worker's timers: refetch what Faust dropped, report the consumer lag."""
+    holes = healing.HoleWatch()
+    stream_topics = [topic.get_topic_name() for topic in topics.stream]
 
-    @app.table_route(table=users_table, match_info="user_id")  # type: ignore[arg-type]
-    async def get(self, request: Request, user_id: str) -> Response:
-        if _pipeline is None:
-            return self.json({"error": "worker not ready"}, status=503)
-        raw = _pipeline.states.get(user_id)
-        if raw is None:
-            # Also say whether the vector store still holds vectors (after ``forget``: no).
-            stored = bool(_pipeline.store.get_users([user_id]))
-            body = {"error": f"unknown user {user_id!r}", "stored_vectors": stored}
-            return self.json(body, status=404)
-        st = state_codec.loads(raw)
-        stored_vecs = _pipeline.store.get_users([user_id]).get(user_id, {})
-        wanted = st.named_vectors()
-        # Operators' consistency check: the store holds exactly the state's vectors.
-        consistent = set(stored_vecs) == set(wanted) and all(
-            np.allclose(stored_vecs[name], vec, atol=1e-5) for name, vec in wanted.items()
-        )
-        return self.json(
-            {
-                "user_id": user_id,
-                "store_consistent": consistent,
-                "n_events": st.n_events,
-                "scene_counts": st.scene_counts,
-                "recent": list(st.recent),
-                "following": list(st.following),
-                "last_event_id": st.last_event_id,
-                "global": None if st.global_vec is None else st.global_vec.tolist(),
-            }
-        )
+    @app.timer(interval=5.0, name=f"{__name__}.refetch_dropped_messages")  # type: ignore[untyped-decorator]
+    async def refetch_dropped_messages() -> None:
+        """Fetch again what Faust read but dropped (streams/patches/healing.py explains when)."""
+        consumer: Any = app.consumer
+        if app.rebalancing or not consumer.flow_active:
+            return
+        try:
+            views = await healing.view(consumer, stream_topics)
+        except Exception:
+            # A partition revoked between the check above and here: look again next time,
+            # rather than let the timer's exception stop the worker.
+            log.warning("could not read the consumer's partitions this time", exc_info=True)
+            return
+        stuck = holes.stuck(views)
+        if stuck:
+            log.warning(
+                "messages fetched but never processed on %s (commit stuck, nothing in flight): "
+                "fetching again from the committed offsets",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stuck),
+            )
+            metrics.refetches.inc()
+            await healing.reseek(consumer, stuck)
+            holes.seen.clear()
 
-
-_holes = healing.HoleWatch()
-
-
-@app.timer(interval=5.0)  # type: ignore[untyped-decorator]
-async def refetch_dropped_messages() -> None:
-    """Fetch again what Faust read but dropped (streams/patches/healing.py explains when)."""
-    consumer: Any = app.consumer
-    if app.rebalancing or not consumer.flow_active:
-        return
-    try:
-        views = await healing.view(consumer, [t.get_topic_name() for t in STREAM_TOPICS])
-    except Exception:
-        # A partition revoked between the check above and here: look again next time,
-        # rather than let the timer's exception stop the worker.
-        log.warning("could not read the consumer's partitions this time", exc_info=True)
-        return
-    stuck = _holes.stuck(views)
-    if stuck:
-        log.warning(
-            "messages fetched but never processed on %s (commit stuck, nothing in flight): "
-            "fetching again from the committed offsets",
-            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stuck),
-        )
-        metrics.refetches.inc()
-        await healing.reseek(consumer, stuck)
-        _holes.seen.clear()
+    @app.timer(interval=5.0, name=f"{__name__}.report_consumer_lag")  # type: ignore[untyped-decorator]
+    async def report_consumer_lag() -> None:
+        """Per-partition lag = highwater - position, for the partitions this worker owns."""
+        consumer = app.consumer
+        try:
+            for tp in consumer.assignment():
+                lag = partition_lag(consumer.highwater(tp), await consumer.position(tp))
+                if lag is not None:
+                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        except Exception:
+            # A metric is never a reason to stop the worker (the timer's exception would).
+            log.warning("consumer lag not reported this time", exc_info=True)
 
 
 def partition_lag(highwater: int | None, position: int | None) -> int | None:
@@ -403,36 +508,6 @@ def partition_lag(highwater: int | None, position: int | None) -> int | None:
     if highwater is None or position is None:
         return None
     return max(0, highwater - position)
-
-
-@app.timer(interval=5.0)  # type: ignore[untyped-decorator]
-async def report_consumer_lag() -> None:
-    """Per-partition lag = highwater - position, for the partitions this worker owns."""
-    consumer = app.consumer
-    try:
-        for tp in consumer.assignment():
-            lag = partition_lag(consumer.highwater(tp), await consumer.position(tp))
-            if lag is not None:
-                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-    except Exception:
-        # A metric is never a reason to stop the worker (the timer's exception would).
-        log.warning("consumer lag not reported this time", exc_info=True)
-
-
-@app.page("/debug/tasks")
-class TasksView(View):
-    """Every asyncio task of the worker and the await chain it is parked in.
-
-    ``Task.get_stack`` shows one frame of a suspended coroutine; following ``cr_await``
-    shows the whole chain down to the future it waits for: what a stuck stream waits on.
-    """
-
-    async def get(self, request: Request) -> Response:
-        lines: list[str] = []
-        for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
-            lines.append(f"--- {task.get_name()}")
-            lines.extend(f"    {frame}" for frame in await_chain(task.get_coro()))
-        return self.text("\n".join(lines) + "\n")
 
 
 def await_chain(obj: object, limit: int = 40) -> list[str]:
@@ -448,47 +523,3 @@ def await_chain(obj: object, limit: int = 40) -> list[str]:
         nxt = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None)
         obj = nxt or getattr(obj, "gi_yieldfrom", None)
     return out
-
-
-@app.page("/debug/consumer")
-class ConsumerView(View):
-    """Per assigned partition: Kafka position and highwater, Faust's read/committed offsets;
-    and the first 50 messages in Faust's unacked set, with their ``acked`` flags (an acked
-    message can stay there: streams/patches/healing.py).
-
-    Reads Faust's private bookkeeping (there is no public API for it): for diagnosis only.
-    """
-
-    async def get(self, request: Request) -> Response:
-        c: Any = app.consumer
-        active = c._active_partitions or set()
-        rows = {}
-        for tp in sorted(c.assignment()):
-            rows[f"{tp.topic}[{tp.partition}]"] = {
-                "position": await c.position(tp),
-                "highwater": c.highwater(tp),
-                "read_offset": c._read_offset.get(tp),
-                "committed_offset": c._committed_offset.get(tp),
-                "active": tp in active,
-                "paused": tp in c._paused_partitions,
-                "buffered": tp in c._buffered_partitions,
-                "unacked": len(c._unacked_messages) if hasattr(c, "_unacked_messages") else None,
-            }
-        unacked = [
-            {
-                "tp": f"{m.tp.topic}[{m.tp.partition}]",
-                "offset": m.offset,
-                "acked": m.acked,
-                "refcount": m.refcount,
-                "generation_id": m.generation_id,
-            }
-            for m in sorted(list(c._unacked_messages), key=lambda m: (m.tp, m.offset))
-        ]
-        return self.json(
-            {
-                "flow_active": c.flow_active,
-                "generation_id": app.consumer_generation_id,
-                "partitions": rows,
-                "unacked_messages": unacked[:50],
-            }
-        )

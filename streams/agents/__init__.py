@@ -1,4 +1,7 @@
-"""One agent per input topic; each takes batches and hands them to the pipeline."""
+"""The agents: one per partitioned input topic (:data:`ROUTES`), each taking batches off its
+topic and handing them to a :class:`Pipeline` method. :func:`register_agents` declares them
+on an app it is given; nothing here builds an app or reads the settings itself.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import faust
+from faust.types import AgentT
 
+from scenerec.config import Settings
 from streams.errors import BadEvent
 from streams.metrics import WorkerMetrics
 from streams.patches.batching import take_batches
 from streams.pipeline import Incoming, Pipeline
+from streams.topics import CLICKS, COMMENTS, ITEM_DELTAS, PROFILES, SOCIAL, Topics, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,77 @@ RETRIES = 3
 #: itself: no growth; scenerec/config.py says why): where batches are slow, small ones
 #: rank the same users again and again; where they are fast, a longer window only waits.
 SLOW_BATCH_WINDOWS = 5
+
+
+@dataclass(frozen=True)
+class Route:
+    """An input topic and the pipeline method its batches go to."""
+
+    spec: TopicSpec
+    handler: Handler
+    #: The click deltas of the shared item statistics: gathered longer than events
+    #: (``SCENEREC_STATS_BATCH_WITHIN_S``), so a popular item's row is written to the table
+    #: once per batch, not once per click batch; and retried until they apply, never
+    #: dead-lettered (a dead-lettered delta is a click every worker never learns).
+    item_stats: bool = False
+
+
+#: One agent per partitioned input topic (the catalog is read outside the consumer group,
+#: streams/catalog_reader.py).
+ROUTES = (
+    Route(CLICKS, Pipeline.on_clicks),
+    Route(COMMENTS, Pipeline.on_comments),
+    Route(SOCIAL, Pipeline.on_social),
+    Route(PROFILES, Pipeline.on_profiles),
+    Route(ITEM_DELTAS, Pipeline.on_item_deltas, item_stats=True),
+)
+
+
+def register_agents(
+    app: faust.App,
+    topics: Topics,
+    settings: Settings,
+    metrics: WorkerMetrics,
+    get_pipeline: Callable[[], Awaitable[Pipeline]],
+) -> dict[str, AgentT[Any]]:
+    """Declare one agent per route on ``app``; returns them by topic spec name."""
+    agents: dict[str, AgentT[Any]] = {}
+    for route in ROUTES:
+        process = _processor(route, settings, metrics, get_pipeline)
+        # Named per topic: Faust keeps its agents by name.
+        agent = app.agent(topics[route.spec], name=f"{__name__}.{route.spec.name}")(process)
+        agents[route.spec.name] = agent
+    return agents
+
+
+def _processor(
+    route: Route,
+    settings: Settings,
+    metrics: WorkerMetrics,
+    get_pipeline: Callable[[], Awaitable[Pipeline]],
+) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+    if route.item_stats:
+        within_s = within_max_s = settings.stats_batch_within_s
+        max_users, retries = None, None
+    else:
+        within_s, within_max_s = settings.batch_within_s, settings.batch_within_max_s
+        max_users, retries = settings.batch_max_users, RETRIES
+
+    async def process(stream: faust.StreamT[bytes]) -> None:
+        await consume(
+            stream,
+            route.spec.name,
+            route.handler,
+            get_pipeline,
+            metrics,
+            settings.batch_max,
+            within_s,
+            within_max_s,
+            max_users,
+            retries,
+        )
+
+    return process
 
 
 def incoming(event: faust.EventT[bytes]) -> Incoming:

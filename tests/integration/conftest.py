@@ -100,8 +100,9 @@ def _qdrant(stack: ExitStack, env: dict[str, str], docker: bool) -> None:
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    from deploy.api_config import api_overrides
     from deploy.ray_serve import start_serve, stop_serve
-    from deploy.stack import api_overrides, encoder_config, ray_head
+    from deploy.stack import encoder_config, ray_head
     from deploy.worker import start_worker, stop_worker
 
     var = tmp_path_factory.mktemp("var")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +15,15 @@ from prometheus_client import CollectorRegistry
 from embeddings.colearn import CoLearnConfig, CoLearner, SceneRelations
 from embeddings.ranking import ItemIndex
 from embeddings.scenes import SceneGates
+from scenerec.config import Settings
 from streams import runtime
-from streams.agents import handle
-from streams.agents.clicks import process_clicks
-from streams.agents.comments import process_comments
-from streams.agents.profiles import process_profiles
-from streams.agents.social import process_social
+from streams.agents import ROUTES, handle
 from streams.metrics import WorkerMetrics
 from streams.pipeline import Incoming, Pipeline, PipelineConfig
 from streams.records import DeadLetter
 from streams.state import loads
+from streams.topics import CLICKS, COMMENTS, PROFILES, SOCIAL, TopicSpec
+from streams.worker import Worker, create_worker
 from tests.conftest import InProcessEncoder, local_pipeline
 
 ITEMS = [
@@ -77,17 +76,38 @@ class Collect:
         self.flushes += 1
 
 
+@pytest.fixture(scope="module")
+def worker() -> Iterator[Worker]:
+    """A worker for this module (nothing started: the agents run in their test contexts;
+    each test installs a pipeline of its own)."""
+    worker = create_worker(Settings(), WorkerMetrics.create(CollectorRegistry()))
+    yield worker
+    # Acking a test event builds the consumer, whose thread's loop never runs.
+    worker.app.consumer._thread.thread_loop.close()
+
+
 @pytest.fixture
-async def pipe(tmp_path: Path, in_process_encoder: InProcessEncoder) -> AsyncIterator[Pipeline]:
+async def pipe(
+    tmp_path: Path, in_process_encoder: InProcessEncoder, worker: Worker
+) -> AsyncIterator[Pipeline]:
     p = local_pipeline(
         tmp_path / "store",
         PipelineConfig(scenes=("scifi", "family", "drama"), unknown_item_wait_s=0.5),
         in_process_encoder,
         Collect(),
     )
-    runtime.install(p)
+    worker.runtime.install(p)
     yield p
     p.store.close()
+
+
+def agent_of(worker: Worker, spec: TopicSpec) -> Any:
+    return worker.agents[spec.name]
+
+
+def test_one_agent_per_partitioned_input_topic(worker: Worker) -> None:
+    assert set(worker.agents) == {route.spec.name for route in ROUTES}
+    assert [a.channel for a in worker.agents.values()] == list(worker.topics.stream)
 
 
 async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -120,11 +140,11 @@ async def test_catalog_encodes_in_batches_and_stores(pipe: Pipeline) -> None:
     assert float(sw @ alien) > float(sw @ toy)
 
 
-async def test_click_agent_updates_state_and_emits_recs(pipe: Pipeline) -> None:
+async def test_click_agent_updates_state_and_emits_recs(pipe: Pipeline, worker: Worker) -> None:
     await load_catalog(pipe)
     out: Collect = pipe.emitter  # type: ignore[assignment]
     click = {"event_id": "c1", "user_id": "u1", "item_id": "1", "scene": "scifi", "ts": 1}
-    await feed(process_clicks, [orjson.dumps(click)], lambda: len(out.recs) == 1)
+    await feed(agent_of(worker, CLICKS), [orjson.dumps(click)], lambda: len(out.recs) == 1)
     rec = out.recs[0]
     assert rec["user_id"] == "u1" and rec["trigger_event_id"] == "c1"
     global_ids = [r["item_id"] for r in rec["scenes"]["global"]]
@@ -133,16 +153,16 @@ async def test_click_agent_updates_state_and_emits_recs(pipe: Pipeline) -> None:
     state = loads(pipe.states["u1"])
     assert state.already_applied("c1")
     # the same event again is a duplicate: no second recommendation, no double count
-    await feed(process_clicks, [orjson.dumps(click)], lambda: True)
+    await feed(agent_of(worker, CLICKS), [orjson.dumps(click)], lambda: True)
     await asyncio.sleep(0.3)
     assert len(out.recs) == 1 and loads(pipe.states["u1"]).n_events == 1
 
 
-async def test_comment_and_profile_agents_use_the_encoder(pipe: Pipeline) -> None:
+async def test_comment_and_profile_agents_use_the_encoder(pipe: Pipeline, worker: Worker) -> None:
     await load_catalog(pipe)
     out: Collect = pipe.emitter  # type: ignore[assignment]
     prof = {"user_id": "u2", "profile_text": "A 9 year old who loves cartoons and toys"}
-    await feed(process_profiles, [orjson.dumps(prof)], lambda: len(out.recs) == 1)
+    await feed(agent_of(worker, PROFILES), [orjson.dumps(prof)], lambda: len(out.recs) == 1)
     assert out.recs[0]["scenes"]["global"][0]["item_id"] == "3"
     before = loads(pipe.states["u2"]).global_vec
     comment = {
@@ -153,19 +173,21 @@ async def test_comment_and_profile_agents_use_the_encoder(pipe: Pipeline) -> Non
         "ts": 2,
         "text": "a moving period romance",
     }
-    await feed(process_comments, [orjson.dumps(comment)], lambda: len(out.recs) == 2)
+    await feed(agent_of(worker, COMMENTS), [orjson.dumps(comment)], lambda: len(out.recs) == 2)
     after = loads(pipe.states["u2"]).global_vec
     assert before is not None and after is not None and not np.allclose(before, after)
 
 
-async def test_social_agent_moves_follower_toward_followee(pipe: Pipeline) -> None:
+async def test_social_agent_moves_follower_toward_followee(pipe: Pipeline, worker: Worker) -> None:
     await load_catalog(pipe)
     out: Collect = pipe.emitter  # type: ignore[assignment]
     clicks = [
         {"event_id": "a", "user_id": "fan", "item_id": "4", "scene": "drama", "ts": 1},
         {"event_id": "b", "user_id": "star", "item_id": "1", "scene": "scifi", "ts": 1},
     ]
-    await feed(process_clicks, [orjson.dumps(c) for c in clicks], lambda: len(out.recs) == 2)
+    await feed(
+        agent_of(worker, CLICKS), [orjson.dumps(c) for c in clicks], lambda: len(out.recs) == 2
+    )
     star = loads(pipe.states["star"]).global_vec
     before = loads(pipe.states["fan"]).global_vec
     follow = {
@@ -175,7 +197,7 @@ async def test_social_agent_moves_follower_toward_followee(pipe: Pipeline) -> No
         "kind": "follow",
         "ts": 2,
     }
-    await feed(process_social, [orjson.dumps(follow)], lambda: len(out.recs) == 3)
+    await feed(agent_of(worker, SOCIAL), [orjson.dumps(follow)], lambda: len(out.recs) == 3)
     after = loads(pipe.states["fan"]).global_vec
     assert float(after @ star) > float(before @ star)
     # Alien (like Star Wars, which star watched) is recommended to fan because of star.
@@ -183,7 +205,9 @@ async def test_social_agent_moves_follower_toward_followee(pipe: Pipeline) -> No
     assert alien["reason"] == "across scenes: close to the taste of star, whom you follow"
 
 
-async def test_bad_events_go_to_dlq_and_good_ones_still_apply(pipe: Pipeline) -> None:
+async def test_bad_events_go_to_dlq_and_good_ones_still_apply(
+    pipe: Pipeline, worker: Worker
+) -> None:
     await load_catalog(pipe)
     out: Collect = pipe.emitter  # type: ignore[assignment]
     good = {"event_id": "g", "user_id": "u3", "item_id": "2", "scene": "scifi", "ts": 1}
@@ -194,7 +218,7 @@ async def test_bad_events_go_to_dlq_and_good_ones_still_apply(pipe: Pipeline) ->
         orjson.dumps({**good, "event_id": "x2", "item_id": "999"}),
         orjson.dumps({"event_id": "x3", "user_id": "u3"}),
     ]
-    await feed(process_clicks, values, lambda: len(out.dlq) == 4 and len(out.recs) == 1)
+    await feed(agent_of(worker, CLICKS), values, lambda: len(out.dlq) == 4 and len(out.recs) == 1)
     reasons = sorted(d.reason for d in out.dlq)
     assert reasons == ["missing_field", "not_json", "unknown_item", "unknown_scene"]
     assert all(d.topic and d.offset >= 0 for d in out.dlq)
@@ -203,11 +227,13 @@ async def test_bad_events_go_to_dlq_and_good_ones_still_apply(pipe: Pipeline) ->
     assert out.flushes >= 1  # the batch was flushed before it was acked
 
 
-async def test_profile_tombstone_forgets_the_user_everywhere(pipe: Pipeline) -> None:
+async def test_profile_tombstone_forgets_the_user_everywhere(
+    pipe: Pipeline, worker: Worker
+) -> None:
     await load_catalog(pipe)
     out: Collect = pipe.emitter  # type: ignore[assignment]
     click = {"event_id": "f1", "user_id": "gone", "item_id": "1", "scene": "scifi", "ts": 1}
-    await feed(process_clicks, [orjson.dumps(click)], lambda: len(out.recs) == 1)
+    await feed(agent_of(worker, CLICKS), [orjson.dumps(click)], lambda: len(out.recs) == 1)
     assert "gone" in pipe.states and pipe.store.get_users(["gone"])
     assert pipe.recommend_now("gone") is not None
     tombstone = Incoming(None, "users.profiles", 0, 7, key=b"gone")

@@ -39,7 +39,7 @@ def test_bad_values_fail_early(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_secrets_stay_out_of_logs_configs_and_errors(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from deploy.stack import api_overrides
+    from deploy.api_config import api_overrides
     from scenerec.kafka import client_kwargs
 
     monkeypatch.setenv("SCENEREC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")

@@ -20,10 +20,13 @@ def shown(state: DemoState, titles: dict[str, str]) -> str:
 
 
 def test_lag_counts_the_groups_topics_not_the_catalog() -> None:
-    from streams.app import STREAM_TOPICS, settings
+    from scenerec.config import Settings
+    from streams.worker import create_worker
 
+    settings = Settings()
+    stream = create_worker(settings).topics.stream
     assert "catalog.items" not in GROUP_TOPICS
-    assert {settings.topic(t) for t in GROUP_TOPICS} == {t.get_topic_name() for t in STREAM_TOPICS}
+    assert {settings.topic(t) for t in GROUP_TOPICS} == {t.get_topic_name() for t in stream}
 
 
 def test_view_shows_scene_feeds_the_newcomer_and_both_progresses() -> None:

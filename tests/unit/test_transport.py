@@ -26,8 +26,11 @@ async def test_the_worker_consumer_waits_at_most_the_configured_fetch_wait() -> 
 
 
 async def test_the_app_settings_reach_the_transport() -> None:
-    from streams.app import app, settings
+    from scenerec.config import Settings
+    from streams.worker import create_worker
 
+    settings = Settings(fetch_max_wait_ms=35)
+    app = create_worker(settings).app
     assert isinstance(app.transport, Transport)
     assert app.fetch_max_wait_ms == settings.fetch_max_wait_ms
 
