@@ -151,7 +151,7 @@ def deploy_api(lane: Lane, worker: Worker, clients: int) -> str:
     import ray
     from ray import serve
 
-    from deploy.stack import api_overrides
+    from deploy.api_config import api_overrides
     from serving.api_app import build_api_app
 
     overrides = api_overrides(lane.settings)

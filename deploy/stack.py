@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 # Also named here for the callers that import it from the stack (bench/push_bench.py).
-from deploy.api_config import api_overrides as api_overrides
+from deploy.api_config import api_overrides
 from deploy.kafka_local import LocalKafka
 from deploy.worker import start_worker, stop_worker
 from scenerec.config import Settings
