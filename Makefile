@@ -1,13 +1,14 @@
 # SceneRec: `make demo` runs the live demo, `make test` runs every test (real services too).
 # Both install what they need first. Installs are cached outside the clone:
-#   - Python packages: a virtualenv under ~/.cache/scenerec keyed by requirements.lock
+#   - Python packages: a virtualenv under ~/.cache/scenerec keyed by the two locks,
+#     requirements.lock (what the code needs to run) and requirements-dev.lock (tests, lint)
 #     (pip's own cache keeps the wheels, so even a new venv downloads nothing twice);
 #   - Kafka's jars: Maven's local repository (~/.m2) plus var/kafka/libs;
 #   - for the tests, Debian's chromium (the browser test) and prometheus (with promtool).
 
 SHELL := /bin/bash
 PYTHON ?= python3
-LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-16)
+LOCK_HASH := $(shell cat requirements.lock requirements-dev.lock | sha256sum | cut -c1-16)
 VENV ?= $(HOME)/.cache/scenerec/venv-$(LOCK_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.scenerec-installed
@@ -18,11 +19,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install kafka system-tools demo test unit eval eval-sets bench lint lock down clean
 
-$(STAMP): requirements.lock
-	@echo ">> creating $(VENV) from requirements.lock (cached for later runs)"
+$(STAMP): requirements.lock requirements-dev.lock
+	@echo ">> creating $(VENV) from requirements.lock + requirements-dev.lock (cached for later runs)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q -r requirements.lock -r requirements-dev.lock
 	touch $(STAMP)
 
 # The venv holds the dependencies only; the code runs from this checkout, so several clones
@@ -101,9 +102,10 @@ lint: install
 down: install
 	$(BIN)/python -m scenerec.cli down
 
-# Re-pin requirements.lock from the current environment (after changing pyproject.toml).
+# Re-pin both locks from what pyproject.toml declares, at the versions in the venv (after
+# changing pyproject.toml and installing what it added).
 lock: install
-	$(BIN)/pip freeze --all --exclude-editable | grep -v '^scenerec' > requirements.lock
+	$(BIN)/python tools/lock.py
 
 clean:
 	rm -rf var results .pytest_cache .mypy_cache .ruff_cache
