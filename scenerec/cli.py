@@ -1,48 +1,79 @@
-"""``scenerec``: run the local stack, feed it data, watch what it recommends."""
+"""``scenerec``: run the local stack, feed it data, watch what it recommends.
+
+One click command tree. The development tools (the quality harness, the benchmarks, the
+analyses) are sub-commands that hand everything after their name to the tool's own
+parser: ``scenerec evaluate --help`` is the harness's help.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import click
 import orjson
 
 from scenerec.config import Settings, load_settings
+from scenerec.convert import FORMATS
+from scenerec.convert.common import DEFAULT_SCENE
 
 log = logging.getLogger("scenerec")
+HELP = {"help_option_names": ["-h", "--help"]}
 
 
 def _settings() -> Settings:
     return load_settings()
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from deploy.stack import up
+@click.group(
+    context_settings=HELP,
+    help="SceneRec: a real-time multi-scene recommender on Kafka, Faust, Ray Serve and "
+    "Qdrant. Configuration comes from SCENEREC_* environment variables, KAFKA_BOOTSTRAP and "
+    "QDRANT_URL (see README.md).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="debug logging, and tracebacks on errors")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    ctx.obj = {"verbose": verbose}
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
-    info = up(_settings(), worker=not args.no_worker)
+
+@cli.command(help="start the local stack: Kafka, Ray Serve encoder, one worker")
+@click.option("--no-worker", is_flag=True, help="start Kafka and the encoder only")
+def up(no_worker: bool) -> int:
+    from deploy.stack import up as stack_up
+
+    info = stack_up(_settings(), worker=not no_worker)
     print(f"stack up in {info.seconds:.1f}s")
     print(f"  kafka:   {info.bootstrap}")
     print(f"  encoder: {info.encoder_url}")
     print(f"  api:     {info.api_url}docs")
-    if not args.no_worker:
+    if not no_worker:
         print(f"  worker:  {info.worker_metrics_url}")
     return 0
 
 
-def cmd_down(args: argparse.Namespace) -> int:
-    from deploy.stack import down
+@cli.command(help="stop everything `up` started")
+def down() -> int:
+    from deploy.stack import down as stack_down
 
-    down(_settings())
+    stack_down(_settings())
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+@cli.command(help="run one Faust worker in the foreground")
+@click.option("--loglevel", default="info", show_default=True, help="worker log level")
+def worker(loglevel: str) -> int:
     """Run one worker in the foreground (what ``faust -A streams.app worker`` does)."""
     from scenerec.diskcheck import check_writable
 
@@ -50,30 +81,46 @@ def cmd_worker(args: argparse.Namespace) -> int:
     check_writable(settings.var_dir, settings.min_free_mb)  # a clear error now, not mid-stream
     from deploy.worker import DEFAULT_LOOP, FAUST_WORKER
 
-    argv = [sys.executable, *FAUST_WORKER, "-l", args.loglevel]
+    argv = [sys.executable, *FAUST_WORKER, "-l", loglevel]
     os.execve(sys.executable, argv, {**DEFAULT_LOOP, **os.environ})
     return 0  # pragma: no cover - execv does not return
 
 
-def cmd_load(args: argparse.Namespace) -> int:
+@cli.command(
+    short_help="publish a data set: catalog, profiles, social, events",
+    help="publish a data set to the input topics: catalog, profiles, social, then events "
+    "in order. DATASET: a built-in data set (ml-100k, lastfm-2k), or --dataset DIR.",
+)
+@click.argument("dataset", required=False, type=click.Choice(["ml-100k", "lastfm-2k"]))
+@click.option(
+    "--dataset",
+    "dataset_dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="a folder of RecBole atomic files (`scenerec convert` writes them)",
+)
+@click.option("--rate", type=float, default=0.0, help="events per second (0 = max)")
+@click.option("--limit", type=int, default=None, help="publish only the first N events")
+@click.option("--no-profiles", is_flag=True, help="do not publish user profiles")
+def load(
+    dataset: str | None, dataset_dir: Path | None, rate: float, limit: int | None, no_profiles: bool
+) -> int:
     from scenerec.datasets import DATASETS, check_scenes, load_folder
     from scenerec.kafka import ensure_topics
     from scenerec.publish import publish_dataset
 
     settings = _settings()
-    if (args.dataset is None) == (args.dataset_dir is None):
-        print("error: name a built-in data set or give --dataset DIR (not both)", file=sys.stderr)
-        return 2
-    if args.dataset_dir is not None:
-        data = load_folder(args.dataset_dir)
-    else:
-        data = DATASETS[args.dataset](settings.data_dir)
+    if (dataset is None) == (dataset_dir is None):
+        raise click.UsageError("name a built-in data set or give --dataset DIR (not both)")
+    data = (
+        load_folder(dataset_dir)
+        if dataset_dir is not None
+        else DATASETS[str(dataset)](settings.data_dir)
+    )
     check_scenes(data, settings.scenes)
     asyncio.run(ensure_topics(settings))
     stats = asyncio.run(
-        publish_dataset(
-            settings, data, rate=args.rate, limit=args.limit, profiles=not args.no_profiles
-        )
+        publish_dataset(settings, data, rate=rate, limit=limit, profiles=not no_profiles)
     )
     print(
         f"published {stats.items} items, {stats.profiles} profiles, {stats.social} social "
@@ -82,17 +129,38 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from scenerec.convert import Options, convert
+@cli.command(
+    short_help="write RecBole atomic files from a source format",
+    help="write RecBole atomic files (NAME.inter, .item, .user, .net, .kg/.link) from a "
+    "source format: FORMAT SRC (file or folder) DST (folder, created if missing)",
+    epilog="Formats: " + "; ".join(f"{name}: {fmt.help}" for name, fmt in FORMATS.items()),
+)
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(list(FORMATS)))
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--name", default=None, help="the files' NAME (default: the destination's name)")
+@click.option(
+    "--scene",
+    default=DEFAULT_SCENE,
+    show_default=True,
+    help="scene of every item of a data set without scenes",
+)
+@click.option(
+    "--attributes",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE.json",
+    help="s3rec: item id -> attribute ids, written as a knowledge graph (.kg + .link)",
+)
+def convert(
+    fmt: str, src: Path, dst: Path, name: str | None, scene: str, attributes: Path | None
+) -> int:
+    from scenerec.convert import Options
+    from scenerec.convert import convert as run_convert
 
-    written = convert(
-        args.format,
-        args.src,
-        args.dst,
-        Options(name=args.name, scene=args.scene, attributes=args.attributes),
-    )
-    for name, rows in written.items():
-        print(f"wrote {args.dst / name} ({rows:,} rows)")
+    options = Options(name=name, scene=scene, attributes=attributes)
+    for file_name, rows in run_convert(fmt, src, dst, options).items():
+        print(f"wrote {dst / file_name} ({rows:,} rows)")
     return 0
 
 
@@ -125,15 +193,29 @@ async def _tail(settings: Settings, user: str | None, count: int | None, begin: 
     return 0
 
 
-def cmd_tail(args: argparse.Namespace) -> int:
+@cli.command(help="print messages of the recommendations topic")
+@click.option("--user", default=None, help="only this user")
+@click.option("--count", type=int, default=None, help="stop after N messages")
+@click.option("--from-beginning", is_flag=True, help="start at the oldest message")
+def tail(user: str | None, count: int | None, from_beginning: bool) -> int:
     try:
-        return asyncio.run(_tail(_settings(), args.user, args.count, args.from_beginning))
+        return asyncio.run(_tail(_settings(), user, count, from_beginning))
     except KeyboardInterrupt:
         return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from deploy.stack import down, up
+@cli.command(
+    short_help="up, stream ml-100k, a live view, down (the main job)",
+    help="bring the stack up, stream ml-100k and show a live view (the main job); the API "
+    "serves a page to try it in a browser at /demo/",
+)
+@click.option("--rate", type=float, default=200.0, show_default=True, help="clicks per second")
+@click.option("--events", type=int, default=None, help="stop after N clicks")
+@click.option("--seconds", type=float, default=None, help="stop after S seconds")
+@click.option("--keep-up", is_flag=True, help="leave the stack running afterwards")
+def demo(rate: float, events: int | None, seconds: float | None, keep_up: bool) -> int:
+    from deploy.stack import down as stack_down
+    from deploy.stack import up as stack_up
     from scenerec.datasets import DATASETS
     from scenerec.demo import run_demo
 
@@ -141,17 +223,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     print("loading ml-100k and starting the stack (Kafka, Ray Serve, worker)...", flush=True)
     data = DATASETS["ml-100k"](settings.data_dir)
-    info = up(settings)
-    print(f"stack up in {info.seconds:.1f}s; streaming at {args.rate:g} events/s", flush=True)
+    info = stack_up(settings)
+    print(f"stack up in {info.seconds:.1f}s; streaming at {rate:g} events/s", flush=True)
     print(f"try it in a browser: {info.api_url}demo/ (live feeds of a user you start)", flush=True)
     state = None
     try:
-        state = asyncio.run(run_demo(settings, data, args.rate, args.events, args.seconds))
+        state = asyncio.run(run_demo(settings, data, rate, events, seconds))
     except KeyboardInterrupt:
         print("\ninterrupted")
     finally:
-        if not args.keep_up:
-            down(settings)
+        if not keep_up:
+            stack_down(settings)
     if state is not None:
         first = (
             f"{state.first_rec_s + (state.started - t0):.1f}s after `demo` started"
@@ -165,166 +247,76 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _passed_on(extra: Sequence[str]) -> list[str]:
-    """Options after ``--`` belong to the wrapped tool."""
-    return list(extra[1:] if list(extra[:1]) == ["--"] else extra)
+@cli.command(
+    short_help="erase a user: state, vectors, recommendations",
+    help="erase a user everywhere (state, vectors, recommendations) via a tombstone",
+)
+@click.argument("user_id")
+@click.option("--wait", type=float, default=30.0, show_default=True, help="seconds to wait")
+def forget(user_id: str, wait: float) -> int:
+    from scenerec.forget import forget as forget_user
 
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from evaluation.cli import main as evaluate
-
-    return evaluate(_passed_on(args.harness_args))
-
-
-def cmd_forget(args: argparse.Namespace) -> int:
-    from scenerec.forget import forget
-
-    if forget(_settings(), args.user_id, wait_s=args.wait):
-        print(f"forgot {args.user_id!r}: state, vectors and recommendations erased")
+    if forget_user(_settings(), user_id, wait_s=wait):
+        print(f"forgot {user_id!r}: state, vectors and recommendations erased")
         return 0
     print(
-        f"tombstone for {args.user_id!r} published; no worker confirmed within {args.wait:g}s "
+        f"tombstone for {user_id!r} published; no worker confirmed within {wait:g}s "
         "(it is applied when a worker consumes it)"
     )
     return 2
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.pipeline_bench import main as bench
+#: Development tools: ``scenerec NAME ARGS`` runs ``MODULE.main(ARGS)`` (from a checkout).
+TOOLS = {
+    "evaluate": ("evaluation.cli", "the offline quality harness (make eval)"),
+    "bench": ("bench.pipeline_bench", "the pipeline benchmark (make bench)"),
+    "workload": ("bench.workload", "the many-users event stream"),
+    "profile": ("bench.worker_profile", "where the worker's time goes, in-process"),
+    "candidates": ("evaluation.candidates", "candidates' recall of the exact ranking"),
+    "social": ("evaluation.social", "what followed users' items say of test items"),
+}
 
-    return bench(_passed_on(args.bench_args))
+
+def _passed_on(extra: Sequence[str]) -> list[str]:
+    """Options after an optional ``--`` belong to the wrapped tool."""
+    return list(extra[1:] if list(extra[:1]) == ["--"] else extra)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="scenerec",
-        description="SceneRec: a real-time multi-scene recommender on Kafka, Faust, "
-        "Ray Serve and Qdrant. Configuration comes from SCENEREC_* environment variables, "
-        "KAFKA_BOOTSTRAP and QDRANT_URL (see README.md).",
+def _tool(name: str, module: str, what: str) -> click.Command:
+    def run(args: tuple[str, ...]) -> int:
+        tool: Any = importlib.import_module(module)
+        return int(tool.main(_passed_on(args)))
+
+    return click.Command(
+        name,
+        callback=run,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        help=f"{what}; `scenerec {name} --help` shows its options",
+        short_help=what,
+        context_settings={"ignore_unknown_options": True, "help_option_names": []},
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("up", help="start the local stack: Kafka, Ray Serve encoder, one worker")
-    s.add_argument("--no-worker", action="store_true", help="start Kafka and the encoder only")
-    s.set_defaults(func=cmd_up)
 
-    s = sub.add_parser("down", help="stop everything `up` started")
-    s.set_defaults(func=cmd_down)
-
-    s = sub.add_parser("worker", help="run one Faust worker in the foreground")
-    s.add_argument("--loglevel", default="info", help="worker log level (default info)")
-    s.set_defaults(func=cmd_worker)
-
-    s = sub.add_parser(
-        "load",
-        help="publish a data set to the input topics: catalog, profiles, social, then events "
-        "in order",
-    )
-    s.add_argument(
-        "dataset", nargs="?", choices=["ml-100k", "lastfm-2k"], help="a built-in data set"
-    )
-    s.add_argument(
-        "--dataset",
-        dest="dataset_dir",
-        type=Path,
-        metavar="DIR",
-        help="a folder of RecBole atomic files (`scenerec convert` writes them)",
-    )
-    s.add_argument("--rate", type=float, default=0.0, help="events per second (0 = max)")
-    s.add_argument("--limit", type=int, default=None, help="publish only the first N events")
-    s.add_argument("--no-profiles", action="store_true", help="do not publish user profiles")
-    s.set_defaults(func=cmd_load)
-
-    from scenerec.convert import FORMATS
-    from scenerec.convert.common import DEFAULT_SCENE
-
-    s = sub.add_parser(
-        "convert",
-        help="write RecBole atomic files (NAME.inter, .item, .user, .net, .kg/.link) from a "
-        "source format",
-        description="Formats: " + "; ".join(f"{name}: {fmt.help}" for name, fmt in FORMATS.items()),
-    )
-    s.add_argument("format", choices=list(FORMATS), help="the source's format")
-    s.add_argument("src", type=Path, help="the source file or folder")
-    s.add_argument("dst", type=Path, help="the folder to write (created if missing)")
-    s.add_argument(
-        "--name", default=None, help="the files' NAME (default: the destination folder's name)"
-    )
-    s.add_argument(
-        "--scene",
-        default=DEFAULT_SCENE,
-        help="scene of every item of a data set without scenes (default: %(default)s)",
-    )
-    s.add_argument(
-        "--attributes",
-        type=Path,
-        default=None,
-        metavar="FILE.json",
-        help="s3rec: item id -> attribute ids, written as a knowledge graph (.kg + .link)",
-    )
-    s.set_defaults(func=cmd_convert)
-
-    s = sub.add_parser("tail", help="print messages of the recommendations topic")
-    s.add_argument("--user", default=None, help="only this user")
-    s.add_argument("--count", type=int, default=None, help="stop after N messages")
-    s.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
-    s.set_defaults(func=cmd_tail)
-
-    s = sub.add_parser(
-        "demo",
-        help="bring the stack up, stream ml-100k and show a live view (the main job); "
-        "the API serves a page to try it in a browser at /demo/",
-    )
-    s.add_argument("--rate", type=float, default=200.0, help="clicks per second (default 200)")
-    s.add_argument("--events", type=int, default=None, help="stop after N clicks")
-    s.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
-    s.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
-    s.set_defaults(func=cmd_demo)
-
-    # Wrappers: everything after the command (or after `--`) goes to the wrapped tool.
-    for name, what, func, dest in (
-        (
-            "evaluate",
-            "offline quality harness (protocols A, B, C on ml-100k; --dataset DIR "
-            "[--protocol temporal|loo] for any folder of atomic files)",
-            cmd_evaluate,
-            "harness_args",
-        ),
-        (
-            "bench",
-            "pipeline benchmark on a private stack -> results/bench.json",
-            cmd_bench,
-            "bench_args",
-        ),
-    ):
-        s = sub.add_parser(name, help=f"{what}; `scenerec {name} -- --help` for its options")
-        s.add_argument(dest, nargs=argparse.REMAINDER, help=f"options of the {name} tool")
-        s.set_defaults(func=func)
-
-    s = sub.add_parser(
-        "forget",
-        help="erase a user everywhere (state, vectors, recommendations) via a tombstone",
-    )
-    s.add_argument("user_id", help="the user to forget")
-    s.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the worker")
-    s.set_defaults(func=cmd_forget)
-    return p
+for _name, (_module, _what) in TOOLS.items():
+    cli.add_command(_tool(_name, _module, _what))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in args[:1])
     try:
-        return int(args.func(args))
+        rv = cli.main(args=args, prog_name="scenerec", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        return 1
     except Exception as exc:
-        if args.verbose:
+        if verbose:
             raise
         log.error("%s: %s", type(exc).__name__, exc)
         return 1
+    return int(rv or 0)
 
 
 if __name__ == "__main__":
