@@ -2,7 +2,7 @@
 
 They reach into private attributes of the versions in :data:`PINNED`, so a new version
 needs each module checked against its source before the pin moves
-(``tests/unit/test_patches_pinned.py`` fails until it is):
+(``tests/unit/streams/test_patches_pinned.py`` fails until it is):
 
 * :mod:`.transport`: a Kafka fetch wait the worker chooses (Faust's driver fixes 1,500 ms),
   Faust's partition pauses told to aiokafka, a send-soon buffer it can drain;

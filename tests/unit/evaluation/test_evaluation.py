@@ -36,7 +36,7 @@ from evaluation.protocols import Contender, cold_start, run_frozen, run_prequent
 from evaluation.scenerec_model import COMPONENTS, SceneRec, SceneRecConfig
 from evaluation.tuning import _BucketScores
 
-DATA_DIR = Path(os.environ.get("SCENEREC_DATA_DIR", Path(__file__).parents[3] / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("SCENEREC_DATA_DIR", Path(__file__).parents[4] / "shared" / "data"))
 needs_data = pytest.mark.skipif(
     not (DATA_DIR / "ml-100k" / "ml-100k.inter").is_file(), reason="../shared/data not present"
 )

@@ -430,7 +430,7 @@ def test_edge_lock_across_processes(tmp_path: Path) -> None:
             sys.exit(3)
         """
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(root)}
     with EdgeVectorStore(data_dir):
         proc = subprocess.run(

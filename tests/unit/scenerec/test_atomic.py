@@ -15,14 +15,9 @@ from scenerec.cli import main as cli
 from scenerec.convert import ConvertError, Options, convert
 from scenerec.datasets import DatasetError, check_scenes
 from scenerec.datasets import load_folder as load_records
+from tests.unit.helpers.files import write
 
 DATA_DIR = Path(os.environ.get("SCENEREC_DATA_DIR", "../shared/data"))
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def inter(tmp_path: Path, body: str, header: str = "user_id:token\titem_id:token") -> Path:
@@ -250,7 +245,7 @@ def test_cli_convert_and_the_records_load_publishes(
 
 
 def test_the_example_of_the_docs_loads(tmp_path: Path) -> None:
-    doc = (Path(__file__).parents[2] / "docs" / "data-format.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).parents[3] / "docs" / "data-format.md").read_text(encoding="utf-8")
     for name in ("shop.inter", "shop.item", "shop.user", "shop.net"):
         block = doc.split(f"`shop/{name}`:\n\n```\n", 1)[1].split("```", 1)[0]
         write(tmp_path / "shop" / name, block)

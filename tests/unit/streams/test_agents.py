@@ -20,11 +20,11 @@ from streams import runtime
 from streams.agents import ROUTES, handle
 from streams.metrics import WorkerMetrics
 from streams.pipeline import Incoming, Pipeline, PipelineConfig
-from streams.records import DeadLetter
 from streams.state import loads
 from streams.topics import CLICKS, COMMENTS, PROFILES, SOCIAL, TopicSpec
 from streams.worker import Worker, create_worker
 from tests.conftest import InProcessEncoder, local_pipeline
+from tests.unit.helpers.emitters import Collect
 
 ITEMS = [
     {
@@ -52,28 +52,6 @@ ITEMS = [
         "description": "Romance and manners in Regency England",
     },
 ]
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.recs: list[dict[str, Any]] = []
-        self.dlq: list[DeadLetter] = []
-        self.dlq_keys: list[str | None] = []
-        self.flushes = 0
-        self.forgotten: list[str] = []
-
-    async def recommendations(self, user_id: str, payload: dict[str, object]) -> None:
-        self.recs.append(payload)
-
-    async def dead_letter(self, key: str | None, letter: DeadLetter) -> None:
-        self.dlq.append(letter)
-        self.dlq_keys.append(key)
-
-    async def forget(self, user_id: str) -> None:
-        self.forgotten.append(user_id)
-
-    async def flush(self) -> None:
-        self.flushes += 1
 
 
 @pytest.fixture(scope="module")

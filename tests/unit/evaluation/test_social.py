@@ -13,7 +13,7 @@ from evaluation.data import Catalog, Event, Item
 from evaluation.lastfm import LastfmModel, Setting, _evaluate, holdout
 from scenerec.datasets import LASTFM_SCENE, load_lastfm2k
 
-DATA_DIR = Path(os.environ.get("SCENEREC_DATA_DIR", Path(__file__).parents[3] / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("SCENEREC_DATA_DIR", Path(__file__).parents[4] / "shared" / "data"))
 
 
 def unit(i: int, dim: int = 4) -> np.ndarray:

@@ -13,7 +13,7 @@ from embeddings.scenes import SceneGates
 from embeddings.user_model import APPLIED_EVENTS, SCENE_PRIOR, UserState
 from embeddings.vectors import move_toward, normalize
 from streams import state as codec
-from tests.unit.ranking_world import POP_AND_SIM, click, ranker, recommend
+from tests.unit.streams.ranking_world import POP_AND_SIM, click, ranker, recommend
 
 DIM = 8
 

@@ -22,7 +22,7 @@ from evaluation.data import Catalog, Event, Item
 from evaluation.scenerec_model import SceneRec, SceneRecConfig
 from streams.pipeline import Incoming, Pipeline, PipelineConfig
 from tests.conftest import local_pipeline
-from tests.unit.test_agents import Collect
+from tests.unit.helpers.emitters import Collect
 
 SCENES = ("scifi", "family", "drama")
 N_ITEMS, N_USERS, N_TRAIN, N_SCORED = 60, 30, 400, 200

@@ -24,7 +24,7 @@ from evaluation.tuning import (
     tune_scenerec,
     with_social,
 )
-from tests.unit.test_atomic import write
+from tests.unit.helpers.files import write
 
 
 def _vecs(n: int, dim: int = 8) -> np.ndarray:

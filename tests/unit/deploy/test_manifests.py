@@ -37,7 +37,7 @@ from scenerec.config import Settings
 from streams import topics as topics_module
 from streams.metrics import WorkerMetrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 IMAGE_REPO = "scenerec"
 #: The Secret an operator creates by hand (docs/deploy.md); everything else is generated.

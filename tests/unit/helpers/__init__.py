@@ -1,0 +1,1 @@
+"""Helpers that unit tests in more than one sub-folder import."""
